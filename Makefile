@@ -1,0 +1,58 @@
+# The two commands a new machine needs: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+
+MODULES := $(basename $(notdir $(wildcard library/*.py)))
+PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
+SCENARIOS ?= lab default rollback failure
+
+.PHONY: venv test unit lint docs-check syntax molecule lab lab-down demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv lint docs-check syntax unit molecule
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/ansible-lint --profile production --strict -q
+
+docs-check: venv
+	@for m in $(MODULES); do \
+	  $(BIN)/ansible-doc -M library $$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
+	  echo "ansible-doc ok: $$m"; done
+
+syntax: venv
+	@for inv in inventory/production inventory/lab; do for p in $(PLAYBOOKS); do \
+	  $(BIN)/ansible-playbook -i $$inv --syntax-check $$p >/dev/null || { echo "syntax-check failed: $$p with $$inv"; exit 1; }; \
+	  done; echo "syntax-check ok with $$inv"; done
+
+molecule: venv
+	@for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
+
+lab: venv
+	$(BIN)/ansible-playbook playbooks/lab_up.yml
+
+lab-down: venv
+	$(BIN)/ansible-playbook playbooks/lab_down.yml
+
+demo: venv
+	$(BIN)/ansible-playbook playbooks/demo.yml
+
+bench: venv
+	$(BIN)/python benchmarks/quantize_variants.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
