@@ -1,0 +1,419 @@
+"""Build a release directory from an FP32 ONNX model with onnxruntime's own quantizers.
+
+dest/ ends up holding exactly: <model_name>, <model_name>.data, quantization.json, MANIFEST.sha256
+(docs/contracts.md). The release is built in a staging dir beside dest, load-checked with
+onnxruntime, then renamed into place; any failure before that leaves dest as it was.
+"""
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+import onnx
+
+from . import env, files
+from .errors import SaraiError
+from .model import (FLOAT_TYPES, external_data_needs, load_full, load_graph, model_files,
+                    tensor_nbytes, weight_tensors)
+
+METHODS = ("none", "dynamic_int8", "fp16", "matmul_nbits")
+RECORD_NAME = "quantization.json"
+
+# Options each method takes, with defaults. Values given for another method are an error.
+OPTION_DEFAULTS = {
+    "none": {},
+    "dynamic_int8": {"weight_type": "QInt8", "per_channel": False, "reduce_range": False,
+                     "nodes_to_exclude": [], "op_types_to_quantize": []},
+    "fp16": {"keep_io_types": True, "nodes_to_exclude": []},
+    "matmul_nbits": {"bits": 4, "block_size": 32, "symmetric": False, "accuracy_level": None,
+                     "nodes_to_exclude": [], "op_types_to_quantize": []},
+}
+# Which input of each op type holds the weight a quantizer rewrites (for the would-touch plan).
+WEIGHT_INPUTS = {"MatMul": (1,), "Gemm": (1,), "Conv": (1,), "Gather": (0,), "Attention": (1,),
+                 "LSTM": (1, 2), "EmbedLayerNormalization": (2, 3, 4)}
+DYNAMIC_DEFAULT_OPS = ["Conv", "MatMul", "Attention", "LSTM", "Gather", "Transpose",
+                       "EmbedLayerNormalization"]  # onnxruntime's IntegerOpsRegistry
+# Disk needed in the staging/temp area, as a multiple of the source size (output + temp copies).
+SPACE_FACTOR = {"none": 1.0, "dynamic_int8": 1.35, "fp16": 0.6, "matmul_nbits": 0.4}
+
+
+def normalize_options(method, options):
+    """(method, full option dict with defaults) or SaraiError. The dict is what idempotence compares."""
+    if method not in METHODS:
+        raise SaraiError(f"unknown quantization method {method!r}: use one of {', '.join(METHODS)}")
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(OPTION_DEFAULTS[method]))
+    if unknown:
+        raise SaraiError(f"option(s) {', '.join(unknown)} do not apply to method {method}; "
+                         f"it takes: {', '.join(OPTION_DEFAULTS[method]) or 'no options'}")
+    opts = dict(OPTION_DEFAULTS[method], **given)
+    for key in ("nodes_to_exclude", "op_types_to_quantize"):
+        if key in opts:
+            if isinstance(opts[key], str) or not all(isinstance(x, str) for x in opts[key]):
+                raise SaraiError(f"option {key} must be a list of names, got {opts[key]!r}")
+            opts[key] = sorted(opts[key])
+    if method == "dynamic_int8" and opts["weight_type"] not in ("QInt8", "QUInt8"):
+        raise SaraiError(f"weight_type {opts['weight_type']!r} is not supported: use QInt8 or QUInt8")
+    if method == "matmul_nbits":
+        if opts["bits"] not in (4, 8):
+            raise SaraiError(f"bits {opts['bits']!r} is not supported by MatMulNBits here: use 4 or 8")
+        bs = opts["block_size"]
+        if not isinstance(bs, int) or bs < 16 or bs & (bs - 1):
+            raise SaraiError(f"block_size {bs!r} must be a power of two >= 16 (e.g. 32 or 128)")
+        if opts["accuracy_level"] not in (None, 0, 1, 2, 3, 4):
+            raise SaraiError(f"accuracy_level {opts['accuracy_level']!r} must be 0-4 or unset")
+    return method, opts
+
+
+def planned_weights(model, method, opts):
+    """Weight tensors (float, rank >= 2) the method would rewrite, judged from the source graph."""
+    weights = {t.name: t for t in weight_tensors(model)}
+    if method == "none":
+        chosen = set()
+    elif method == "fp16":
+        chosen = set(weights)
+    else:
+        ops = opts.get("op_types_to_quantize") or (DYNAMIC_DEFAULT_OPS if method == "dynamic_int8" else ["MatMul"])
+        if "MatMul" in ops:
+            ops = list(ops) + ["Gemm"]  # dynamic mode turns Gemm into MatMul before quantizing
+        excluded = set(opts.get("nodes_to_exclude") or ())
+        chosen = set()
+        for node in model.graph.node:
+            if node.op_type in ops and node.name not in excluded:
+                for i in WEIGHT_INPUTS.get(node.op_type, ()):
+                    if i < len(node.input) and node.input[i] in weights:
+                        chosen.add(node.input[i])
+    if method == "fp16":
+        chosen -= {n for n in chosen if weights[n].data_type != onnx.TensorProto.FLOAT}
+    return _share(weights.values(), [weights[n] for n in chosen])
+
+
+def measure_coverage(source_model, output_model):
+    """What was actually quantized, read from the output graph.
+
+    A source weight counts as quantized when the output no longer holds it in its original dtype
+    but holds a tensor derived from it (same name in another dtype, or <name>_quantized / _Q4 ...).
+    """
+    out = {t.name: t.data_type for t in output_model.graph.initializer}
+    weights = weight_tensors(source_model)
+    done = [w for w in weights
+            if out.get(w.name) != w.data_type
+            and (w.name in out or any(n.startswith(w.name + "_") for n in out))]
+    result = _share(weights, done)
+    result["not_quantized"] = sorted({w.name for w in weights} - {w.name for w in done})[:20]
+    return result
+
+
+def _share(weights, chosen):
+    weights = list(weights)
+    total = sum(tensor_nbytes(t) for t in weights)
+    part = sum(tensor_nbytes(t) for t in chosen)
+    return {"weight_tensors": len(weights), "quantized_tensors": len(chosen),
+            "weight_bytes": total, "quantized_weight_bytes": part,
+            "tensor_share": round(len(chosen) / len(weights), 4) if weights else 0.0,
+            "byte_share": round(part / total, 4) if total else 0.0}
+
+
+def describe_model_files(paths):
+    """{path, files, size_bytes, sha256}; sha256 is over the sha256sum listing of the files."""
+    base = os.path.dirname(paths[0])
+    listing = files.describe_files(base, [os.path.relpath(p, base) for p in paths])
+    return {"path": paths[0], "files": listing, "size_bytes": sum(f["size"] for f in listing),
+            "sha256": files.sha256_bytes(files.manifest_text(listing).encode())}
+
+
+# ---------------------------------------------------------------- checks before any write
+
+def _check_model_name(name):
+    if not name or os.path.basename(name) != name or name in (RECORD_NAME, files.MANIFEST_NAME) \
+            or name.startswith("."):
+        raise SaraiError(f"model_name {name!r} must be a plain file name like agi_audio_core_int8.onnx")
+    return name
+
+
+def _check_dest(src_files, dest):
+    src = src_files[0]
+    if dest == src:
+        raise SaraiError(f"dest {dest} is the source model itself: give a new directory for the release")
+    for path in src_files:
+        if path == dest or path.startswith(dest.rstrip(os.sep) + os.sep):
+            raise SaraiError(f"dest {dest} contains the source model {path}: replacing dest would delete "
+                             "the source; choose a separate directory")
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest) or os.path.islink(dest):
+            raise SaraiError(f"dest {dest} exists and is not a directory: remove it or choose another dest")
+        names = os.listdir(dest)
+        if names and RECORD_NAME not in names and files.MANIFEST_NAME not in names:
+            raise SaraiError(f"dest {dest} holds files that are not a release (no {RECORD_NAME}): "
+                             "refusing to replace it; choose a new or empty directory")
+    # The staging dir and the final rename need a writable parent.
+    parent = os.path.dirname(dest)
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise SaraiError(f"dest {dest} is not writable: {existing} is not a writable directory for user "
+                         f"{env.current_user()}; choose a dest under a writable directory or fix permissions")
+
+
+def _check_space(path, needed, what):
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise SaraiError(f"not enough free space under {path} for {what}: need about {needed >> 20} MiB, "
+                         f"have {free >> 20} MiB; free some space or set tmp_dir to a larger disk")
+
+
+def _existing_release(dest, source, method, opts, model_name):
+    """The recorded quantization when dest already holds this exact build and still verifies."""
+    record_path = os.path.join(dest, RECORD_NAME)
+    try:
+        with open(record_path) as fh:
+            record = json.load(fh)
+        same = (record["source"]["sha256"] == source["sha256"] and record["method"] == method
+                and record["options"] == opts and record["output"]["model_name"] == model_name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "no readable quantization.json in dest"
+    if not same:
+        return None, "dest was built from another source or with other options"
+    try:
+        entries = files.parse_manifest(os.path.join(dest, files.MANIFEST_NAME))
+    except SaraiError as exc:
+        return None, str(exc)
+    sizes = {f["name"]: f["size"] for f in record["output"]["files"]}
+    on_disk = [n for n in os.listdir(dest) if n != files.MANIFEST_NAME]
+    _, mismatches = files.verify_files(dest, entries, expected_names=on_disk, sizes=sizes)
+    if mismatches:
+        return None, "dest does not verify: " + "; ".join(files.describe_mismatch(m) for m in mismatches)
+    return record, "dest already holds this build and verifies"
+
+
+# ---------------------------------------------------------------- the builders
+
+@contextlib.contextmanager
+def _quiet_quantizers():
+    """onnxruntime's quantizers log every tensor at INFO on the root logger; keep warnings only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _save(model, out_path):
+    """One external data file named <model file>.data, as the release layout requires."""
+    onnx.save_model(model, out_path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=os.path.basename(out_path) + ".data", size_threshold=0)
+
+
+def _build_none(src, out_path, opts):
+    src_data = [os.path.basename(p) for p in model_files(src)[1:]]
+    if os.path.basename(src) == os.path.basename(out_path) and src_data == [os.path.basename(src) + ".data"]:
+        for name in (os.path.basename(src), src_data[0]):  # already in release layout: byte for byte
+            files.copy_file(os.path.join(os.path.dirname(src), name),
+                            os.path.join(os.path.dirname(out_path), name))
+        return "copied byte for byte"
+    _save(load_full(src), out_path)
+    return "weights unchanged, files re-laid out as <model_name> + <model_name>.data"
+
+
+def _build_dynamic_int8(src, out_path, opts):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # A ModelProto, not the path: given a path, quantize_dynamic writes model-inferred.onnx beside
+    # the source (fails on read-only sources); given a proto it works under tempfile (redirected).
+    quantize_dynamic(load_full(src), out_path,
+                     op_types_to_quantize=opts["op_types_to_quantize"] or None,
+                     per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
+                     weight_type=QuantType[opts["weight_type"]],
+                     nodes_to_exclude=opts["nodes_to_exclude"] or None,
+                     use_external_data_format=True)
+    return "onnxruntime.quantization.quantize_dynamic"
+
+
+def _build_fp16(src, out_path, opts):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Shape inference on the graph alone (no weights loaded) has no 2 GB protobuf limit;
+    # the weights are attached afterwards and the converter is told not to infer again.
+    model = onnx.shape_inference.infer_shapes(load_graph(src))
+    model_files(src, model)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(src))
+    except onnx.checker.ValidationError as exc:
+        raise SaraiError(f"onnx refused the external data of {src}: {exc}; copy the files instead of linking")
+    model = convert_float_to_float16(model, keep_io_types=opts["keep_io_types"], disable_shape_infer=True,
+                                     node_block_list=opts["nodes_to_exclude"] or None)
+    _unique_node_names(model.graph)
+    _save(model, out_path)
+    return "onnxruntime.transformers.float16.convert_float_to_float16"
+
+
+def _unique_node_names(graph):
+    """Rename duplicate node names (onnxconverter_common's fp16 pass made such invalid models)."""
+    seen = set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def _build_matmul_nbits(src, out_path, opts):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(load_full(src), bits=opts["bits"], block_size=opts["block_size"],
+                                     is_symmetric=opts["symmetric"], accuracy_level=opts["accuracy_level"],
+                                     nodes_to_exclude=opts["nodes_to_exclude"],
+                                     op_types_to_quantize=tuple(opts["op_types_to_quantize"]) or None)
+    quantizer.process()
+    quantizer.model.save_model_to_file(out_path, True)
+    return "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
+
+
+BUILDERS = {"none": _build_none, "dynamic_int8": _build_dynamic_int8, "fp16": _build_fp16,
+            "matmul_nbits": _build_matmul_nbits}
+
+
+def _ensure_layout(out_path):
+    """Exactly one external data file named <model_name>.data; re-save if a quantizer did otherwise."""
+    needs = external_data_needs(load_graph(out_path))
+    want = os.path.basename(out_path) + ".data"
+    if list(needs) == [want]:
+        return
+    model = onnx.load(out_path)
+    for location in needs:
+        os.unlink(os.path.join(os.path.dirname(out_path), location))
+    _save(model, out_path)
+
+
+def load_check(path):
+    """Raise SaraiError unless onnxruntime can build a session from the model."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise SaraiError(f"onnxruntime cannot load the quantized model {os.path.basename(path)}: {exc}") from None
+
+
+# ---------------------------------------------------------------- the entry point
+
+def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tmp_dir=None,
+             check_mode=False):
+    """Quantize `src` into the release directory `dest`. Returns the result dict (see RETURN docs)."""
+    started = time.perf_counter()
+    method, opts = normalize_options(method, options)
+    src, dest = os.path.abspath(src), os.path.abspath(dest)
+    source_graph = load_graph(src)
+    src_files = model_files(src, source_graph)
+    model_name = _check_model_name(model_name or os.path.basename(src))
+    _check_dest(src_files, dest)
+    if tmp_dir and not os.path.isdir(tmp_dir):
+        raise SaraiError(f"tmp_dir {tmp_dir} is not a directory: create it or leave tmp_dir unset")
+    source = describe_model_files(src_files)
+
+    record, reason = _existing_release(dest, source, method, opts, model_name)
+    if record:
+        return _result(False, dest, record, reason, time.perf_counter() - started)
+    if check_mode:
+        return {"changed": True, "dest": dest, "method": method, "options": opts, "reason": reason,
+                "msg": f"would build {method} release of {src} in {dest} ({reason})",
+                "source": source, "planned": planned_weights(source_graph, method, opts),
+                "would_replace": os.path.exists(dest)}
+
+    factor = SPACE_FACTOR[method]
+    parent = os.path.dirname(dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise SaraiError(f"dest {dest} is not writable: cannot create {parent} ({exc.strerror}); "
+                         "choose a dest under a writable directory") from None
+    if tmp_dir and method == "dynamic_int8":  # the FP32 temp copy goes to tmp_dir, the output beside dest
+        _check_space(tmp_dir, source["size_bytes"], "onnxruntime's temporary FP32 copy")
+        factor -= 1.0
+    _check_space(parent, int(source["size_bytes"] * factor) + (16 << 20), f"the {method} release")
+
+    old_manifest = _read_text(os.path.join(dest, files.MANIFEST_NAME))
+    with files.staging_dir(dest) as stage:
+        out_dir = os.path.join(stage, "release")
+        os.mkdir(out_dir)
+        scratch = os.path.join(stage, "tmp")
+        os.mkdir(scratch)
+        if tmp_dir:
+            scratch = tempfile.mkdtemp(dir=tmp_dir, prefix="sarai-quantize-")
+        out_path = os.path.join(out_dir, model_name)
+        t0 = time.perf_counter()
+        try:
+            with env.temp_dir_redirect(scratch), env.stdout_to_stderr(), _quiet_quantizers():
+                tool = BUILDERS[method](src, out_path, opts)
+        except SaraiError:
+            raise
+        except Exception as exc:
+            raise SaraiError(f"{method} quantization of {src} failed: {type(exc).__name__}: {exc}; "
+                             "dest was not touched") from None
+        finally:
+            if tmp_dir:
+                shutil.rmtree(scratch, ignore_errors=True)
+        quantize_s = time.perf_counter() - t0
+        _ensure_layout(out_path)
+        for name in os.listdir(out_dir):
+            os.chmod(os.path.join(out_dir, name), files.FILE_MODE)
+        with env.stdout_to_stderr():
+            load_check(out_path)
+        output_graph = load_graph(out_path)
+        output = describe_model_files(model_files(out_path, output_graph))
+        output.update(model_name=model_name, path=os.path.join(dest, model_name))
+        record = {
+            "schema": 1, "method": method, "options": opts, "tool": tool,
+            "source": dict(source, model_name=os.path.basename(src)),
+            "output": output,
+            "ratio": round(output["size_bytes"] / source["size_bytes"], 4),
+            "coverage": measure_coverage(source_graph, output_graph),
+            "duration_s": round(quantize_s, 3),
+            **env.provenance(),
+        }
+        files.write_json_atomic(os.path.join(out_dir, RECORD_NAME), record)
+        listing = files.describe_files(out_dir, os.listdir(out_dir))
+        manifest = files.manifest_text(listing)
+        files.write_file_atomic(os.path.join(out_dir, files.MANIFEST_NAME), manifest.encode())
+        os.chmod(out_dir, files.DIR_MODE)
+        files.fsync_tree(out_dir)
+        files.replace_dir(out_dir, dest)
+    result = _result(True, dest, record, f"built {method} release", time.perf_counter() - started)
+    result["diff"] = {"before_header": os.path.join(dest, files.MANIFEST_NAME), "before": old_manifest or "",
+                      "after_header": os.path.join(dest, files.MANIFEST_NAME), "after": manifest}
+    return result
+
+
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _result(changed, dest, record, reason, elapsed):
+    manifest_path = os.path.join(dest, files.MANIFEST_NAME)
+    manifest_sha = files.sha256_file(manifest_path)
+    model_name = record["output"]["model_name"]
+    return {
+        "changed": changed, "dest": dest, "msg": reason,
+        "model_path": os.path.join(dest, model_name),
+        "data_path": os.path.join(dest, model_name + ".data"),
+        "model_name": model_name, "method": record["method"], "options": record["options"],
+        "files": record["output"]["files"], "size_bytes": record["output"]["size_bytes"],
+        "source_size_bytes": record["source"]["size_bytes"], "source_sha256": record["source"]["sha256"],
+        "output_sha256": record["output"]["sha256"], "ratio": record["ratio"],
+        "coverage": record["coverage"], "quantize_duration_s": record["duration_s"],
+        "duration_s": round(elapsed, 3), "manifest_path": manifest_path,
+        "manifest_sha256": manifest_sha, "release_sha12": manifest_sha[:12],
+        "record_path": os.path.join(dest, RECORD_NAME),
+    }
