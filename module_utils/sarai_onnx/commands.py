@@ -1,0 +1,75 @@
+"""The four commands with module-shaped parameters: shared by the Ansible modules and the CLI.
+
+Each takes the module's params dict (None = unset) and check_mode and returns the result dict;
+a result with failed=True (a manifest that does not verify, a failed gate) carries msg.
+"""
+
+from .errors import SaraiError
+from .info import model_info
+from .manifest import manifest
+from .quantize import quantize
+from .validate import GATES, SHAPES_GATE, validate
+
+QUANTIZE_OPTIONS = ("weight_type", "per_channel", "reduce_range", "nodes_to_exclude", "op_types_to_quantize",
+                    "keep_io_types", "bits", "block_size", "symmetric", "accuracy_level")
+GATE_OPTIONS = tuple(GATES) + (SHAPES_GATE,)
+
+
+def _info(p, check_mode):
+    return model_info(p["path"], method=p.get("method"), options=p.get("options"),
+                      checksum=p.get("checksum", True))
+
+
+def _quantize(p, check_mode):
+    return quantize(p["src"], p["dest"], method=p.get("method") or "dynamic_int8",
+                    model_name=p.get("model_name"), options={k: p.get(k) for k in QUANTIZE_OPTIONS},
+                    tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+
+
+def _manifest(p, check_mode):
+    result = manifest(p["path"], state=p.get("state") or "verified", manifest=p.get("manifest"),
+                      check_mode=check_mode)
+    if not result["verified"]:
+        result["failed"] = True
+    return result
+
+
+def _validate(p, check_mode):
+    gates = dict(p.get("gates") or {})
+    gates.update({k: p[k] for k in GATE_OPTIONS if p.get(k) is not None})
+    result = validate(p["model"], reference=p.get("reference"), session_options=p.get("session_options"),
+                      inputs=p.get("inputs"), input_shapes=p.get("input_shapes"),
+                      input_values=p.get("input_values"), seed=_default(p, "seed", 0),
+                      warmup=_default(p, "warmup", 3), runs=_default(p, "runs", 20), gates=gates,
+                      report=p.get("report"), check_mode=check_mode)
+    if result["failed_gates"] and _default(p, "fail_on_gate", True):
+        result["failed"] = True
+    return result
+
+
+def _default(p, key, value):
+    return value if p.get(key) is None else p[key]
+
+
+COMMANDS = {
+    "info": (_info, ("path", "method", "options", "checksum")),
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS),
+    "manifest": (_manifest, ("path", "state", "manifest")),
+    "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
+                             "seed", "warmup", "runs", "gates", "fail_on_gate", "report") + GATE_OPTIONS),
+}
+REQUIRED = {"info": ("path",), "quantize": ("src", "dest"), "manifest": ("path",), "validate": ("model",)}
+
+
+def run(command, params, check_mode=False):
+    """Run one command; SaraiError for bad commands or parameters (the CLI has no argument_spec)."""
+    if command not in COMMANDS:
+        raise SaraiError(f"unknown command {command!r}: use one of {', '.join(COMMANDS)}")
+    func, accepted = COMMANDS[command]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise SaraiError(f"unknown parameter(s) {', '.join(unknown)} for {command}: accepted are {', '.join(accepted)}")
+    missing = [k for k in REQUIRED[command] if not params.get(k)]
+    if missing:
+        raise SaraiError(f"{command} needs parameter(s) {', '.join(missing)}")
+    return func(params, check_mode)

@@ -1,0 +1,331 @@
+"""onnx_validate: load, run and time a model (and its FP32 reference), compare outputs, apply gates.
+
+What is measured, per model, in a fresh child process (fork on Linux, spawn elsewhere) so that one
+model's memory and threads cannot colour the other's numbers:
+  load_s             wall time of onnxruntime.InferenceSession(...) (graph optimisation included)
+  first_inference_s  wall time of the first run() after loading
+  p50/p90/p99/mean/min_ms  wall time of each of `runs` timed run() calls, after `warmup` untimed
+                     ones (percentiles by linear interpolation, numpy's default)
+  peak_rss_mb        the child's peak resident set (Linux VmHWM; ru_maxrss or the Windows peak
+                     working set elsewhere): interpreter + onnxruntime + model + arena, what a
+                     service process loading the model would show
+  baseline_rss_mb    the child's resident set just before loading (peak - baseline = the model's share)
+Against the reference (same inputs, same session options, same run): cosine, mse, mae and max_abs
+over all outputs flattened together (float64), and speedup = reference p50 / model p50.
+"""
+
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import env, files
+from .errors import SaraiError
+from .inputs import generate_inputs, load_npz
+from .model import graph_inputs, load_graph, model_files
+from .session import make_session, normalize_session_options
+
+# gate -> (metric, comparison, needs a reference, lowest allowed limit, highest allowed limit)
+GATES = {
+    "cosine_min": ("cosine", ">=", True, -1.0, 1.0),
+    "mse_max": ("mse", "<=", True, 0.0, None),
+    "mae_max": ("mae", "<=", True, 0.0, None),
+    "speedup_min": ("speedup", ">=", True, 0.0, None),
+    "p50_max_ms": ("p50_ms", "<=", False, 0.0, None),
+    "p99_max_ms": ("p99_ms", "<=", False, 0.0, None),
+    "rss_max_mb": ("peak_rss_mb", "<=", False, 0.0, None),
+}
+SHAPES_GATE = "expected_output_shapes"
+
+
+def normalize_gates(gates, has_reference):
+    """Checked gate limits (None values dropped); out-of-range values are errors naming the gate."""
+    out = {}
+    for name, limit in (gates or {}).items():
+        if limit is None:
+            continue
+        if name == SHAPES_GATE:
+            out[name] = _check_shapes_gate(limit)
+            continue
+        if name not in GATES:
+            raise SaraiError(f"unknown gate {name!r}: use {', '.join(sorted(GATES) + [SHAPES_GATE])}")
+        _, _, needs_ref, low, high = GATES[name]
+        if isinstance(limit, bool):
+            raise SaraiError(f"gate {name}={limit!r} must be a number")
+        try:
+            value = float(limit)
+        except (TypeError, ValueError):
+            raise SaraiError(f"gate {name}={limit!r} must be a number") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            where = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+            raise SaraiError(f"gate {name}={limit!r} is out of range: it must be {where}")
+        if name in ("speedup_min", "p50_max_ms", "p99_max_ms", "rss_max_mb") and value == 0:
+            raise SaraiError(f"gate {name}={limit!r} is out of range: it must be > 0")
+        if needs_ref and not has_reference:
+            raise SaraiError(f"gate {name} compares against a reference model: give `reference` "
+                             "(the FP32 model) or drop the gate")
+        out[name] = value
+    return out
+
+
+def _check_shapes_gate(shapes):
+    if not isinstance(shapes, dict) or not shapes:
+        raise SaraiError(f"gate {SHAPES_GATE} must map output names to shapes, e.g. {{logits: [1, 16, 1024]}}")
+    out = {}
+    for name, shape in shapes.items():
+        if not isinstance(shape, (list, tuple)) or not all(
+                d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in shape):
+            raise SaraiError(f"gate {SHAPES_GATE}[{name!r}]={shape!r} must be a list of sizes (null = any)")
+        out[name] = list(shape)
+    return out
+
+
+def check_gates(metrics, gates):
+    """[{gate, value, limit}] for every gate the metrics fail."""
+    failed = []
+    for name, limit in gates.items():
+        if name == SHAPES_GATE:
+            actual = metrics.get("output_shapes", {})
+            for out_name, want in limit.items():
+                got = actual.get(out_name)
+                if got is None or len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+                    failed.append({"gate": f"{SHAPES_GATE}.{out_name}", "value": got, "limit": want})
+            continue
+        metric, op, _, _, _ = GATES[name]
+        value = metrics.get(metric)
+        ok = value is not None and (value >= limit if op == ">=" else value <= limit)
+        if not ok:
+            failed.append({"gate": name, "value": value, "limit": limit})
+    return failed
+
+
+def describe_failure(f):
+    if f["gate"].startswith(SHAPES_GATE):
+        return f"gate {f['gate']} failed: {f['value']} != {f['limit']}"
+    if f["value"] is None:
+        return f"gate {f['gate']} failed: value is not finite (limit {f['limit']:g})"
+    op = "<" if GATES[f["gate"]][1] == ">=" else ">"
+    return f"gate {f['gate']} failed: {_fmt(f['value'])} {op} {f['limit']:g}"
+
+
+def _fmt(value):
+    return f"{value:.6g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.4g}"
+
+
+# ---------------------------------------------------------------- measurement (child process)
+
+def _rss_mb(field):
+    """VmRSS / VmHWM of this process in MiB, or None where /proc is not available."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_mb():
+    peak = _rss_mb("VmHWM")
+    if peak is not None:
+        return peak
+    if sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
+                        ("PeakWorkingSetSize", ctypes.c_size_t), ("WorkingSetSize", ctypes.c_size_t),
+                        ("QuotaPeakPagedPoolUsage", ctypes.c_size_t), ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                        ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+                        ("QuotaNonPagedPoolUsage", ctypes.c_size_t), ("PagefileUsage", ctypes.c_size_t),
+                        ("PeakPagefileUsage", ctypes.c_size_t)]
+        c = Counters()
+        c.cb = ctypes.sizeof(c)
+        ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(),
+                                                 ctypes.byref(c), c.cb)
+        return c.PeakWorkingSetSize / 2**20
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
+
+
+def _measure_child(model, session_options, inputs_path, outputs_path, warmup, runs, conn):
+    try:
+        baseline = _rss_mb("VmRSS")
+        with np.load(inputs_path, allow_pickle=False) as data:
+            feeds = {k: data[k] for k in data.files}
+        t0 = time.perf_counter()
+        session = make_session(model, session_options)
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outputs = session.run(None, feeds)
+        first_s = time.perf_counter() - t0
+        for _ in range(warmup):
+            session.run(None, feeds)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            session.run(None, feeds)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        np.savez(outputs_path, *outputs)
+        conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "times_ms": times,
+                   "output_names": [o.name for o in session.get_outputs()],
+                   "baseline_rss_mb": baseline, "peak_rss_mb": _peak_rss_mb()})
+    except Exception as exc:  # reported to the parent, which raises SaraiError naming the model
+        conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def measure(model, session_options, feeds, warmup, runs, workdir):
+    """Metrics and outputs of one model, measured in a fresh process."""
+    inputs_path = os.path.join(workdir, "inputs.npz")
+    outputs_path = os.path.join(workdir, "outputs.npz")
+    np.savez(inputs_path, **feeds)
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_measure_child, args=(model, session_options, inputs_path, outputs_path,
+                                                   warmup, runs, child_conn))
+    proc.start()
+    child_conn.close()  # so recv() sees EOF if the child dies without answering
+    try:
+        report = parent_conn.recv()
+    except EOFError:
+        report = None
+    proc.join()
+    if report is None:
+        raise SaraiError(f"measuring {model} crashed the measuring process (exit code {proc.exitcode}); "
+                         "check memory (dmesg for the OOM killer) and the model")
+    if not report["ok"]:
+        raise SaraiError(f"onnxruntime failed on {model}: {report['error']}")
+    with np.load(outputs_path, allow_pickle=False) as data:
+        outputs = {name: data[f"arr_{i}"] for i, name in enumerate(report["output_names"])}
+    times = np.array(report["times_ms"], dtype=np.float64)
+    peak, base = report["peak_rss_mb"], report["baseline_rss_mb"]
+    metrics = {
+        "load_s": round(report["load_s"], 4),
+        "first_inference_s": round(report["first_inference_s"], 4),
+        "p50_ms": round(float(np.percentile(times, 50)), 3),
+        "p90_ms": round(float(np.percentile(times, 90)), 3),
+        "p99_ms": round(float(np.percentile(times, 99)), 3),
+        "mean_ms": round(float(times.mean()), 3),
+        "min_ms": round(float(times.min()), 3),
+        "peak_rss_mb": round(peak, 1),
+        "baseline_rss_mb": round(base, 1) if base is not None else None,
+        "output_shapes": {k: list(v.shape) for k, v in outputs.items()},
+        "size_bytes": sum(os.path.getsize(p) for p in model_files(model)),
+    }
+    return metrics, outputs
+
+
+def compare(reference, outputs):
+    """cosine, mse, mae, max_abs over every output flattened together (float64)."""
+    missing = [n for n in reference if n not in outputs]
+    if missing:
+        raise SaraiError(f"the model lacks the reference output(s) {', '.join(missing)}: "
+                         "it is not a variant of the reference model")
+    for name, ref in reference.items():
+        if ref.shape != outputs[name].shape:
+            raise SaraiError(f"output {name!r} has shape {list(outputs[name].shape)} but the reference gives "
+                             f"{list(ref.shape)}: the models are not comparable")
+    a = np.concatenate([np.asarray(reference[n], dtype=np.float64).ravel() for n in reference])
+    b = np.concatenate([np.asarray(outputs[n], dtype=np.float64).ravel() for n in reference])
+    diff = b - a
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        cosine = 1.0
+    elif na == 0 or nb == 0:
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(a, b) / (na * nb))
+    result = {"cosine": cosine, "mse": float(np.mean(diff * diff)), "mae": float(np.mean(np.abs(diff))),
+              "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
+              "nonfinite_values": int(np.count_nonzero(~np.isfinite(b)))}
+    # NaN is not JSON: a non-finite metric becomes None, and any gate on it fails.
+    return {k: (round(v, 8) if math.isfinite(v) else None) if isinstance(v, float) else v
+            for k, v in result.items()}
+
+
+# ---------------------------------------------------------------- the entry point
+
+def _feeds_for(path, signature, inputs):
+    """Inputs cast to what this model declares (an fp16-io model takes float16 of the same values)."""
+    feeds = {}
+    for spec in signature:
+        if spec["name"] not in inputs:
+            raise SaraiError(f"model {path} needs input {spec['name']!r}, which the other model does not have")
+        arr = inputs[spec["name"]]
+        feeds[spec["name"]] = arr if arr.dtype.name == spec["dtype"] else arr.astype(spec["dtype"])
+    return feeds
+
+
+def validate(model, reference=None, session_options=None, inputs=None, input_shapes=None,
+             input_values=None, seed=0, warmup=3, runs=20, gates=None, report=None, check_mode=False):
+    """Measure `model` (and `reference`), compare, and check gates. Returns the result dict.
+
+    Gate failures are returned in `failed_gates` (the caller decides whether they fail the task);
+    bad arguments and models that do not load raise SaraiError.
+    """
+    if not isinstance(warmup, int) or warmup < 0:
+        raise SaraiError(f"warmup={warmup!r} must be an integer >= 0")
+    if not isinstance(runs, int) or runs < 1:
+        raise SaraiError(f"runs={runs!r} must be an integer >= 1")
+    gates = normalize_gates(gates, reference is not None)
+    session_options = normalize_session_options(session_options)
+    model = os.path.abspath(model)
+    graph = load_graph(model)
+    model_files(model, graph)
+    signature = graph_inputs(graph)
+    ref_signature = None
+    if reference:
+        reference = os.path.abspath(reference)
+        ref_graph = load_graph(reference)
+        model_files(reference, ref_graph)
+        ref_signature = graph_inputs(ref_graph)
+    if report:
+        report = os.path.abspath(report)
+        if not os.path.isdir(os.path.dirname(report)):
+            raise SaraiError(f"report {report}: directory {os.path.dirname(report)} does not exist; create it first")
+    if inputs:
+        feeds = load_npz(inputs, signature)
+    else:
+        feeds = generate_inputs(signature, input_shapes, input_values, seed)
+
+    workdir = tempfile.mkdtemp(prefix="sarai-validate-")
+    try:
+        with env.stdout_to_stderr():
+            metrics, outputs = measure(model, session_options, feeds, warmup, runs, workdir)
+            ref_metrics = None
+            if reference:
+                ref_metrics, ref_outputs = measure(reference, session_options,
+                                                   _feeds_for(reference, ref_signature, feeds),
+                                                   warmup, runs, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if reference:
+        metrics.update(compare(ref_outputs, outputs))
+        metrics["speedup"] = round(ref_metrics["p50_ms"] / metrics["p50_ms"], 4) if metrics["p50_ms"] else None
+        metrics["size_ratio"] = round(metrics["size_bytes"] / ref_metrics["size_bytes"], 4)
+
+    failed = check_gates(metrics, gates)
+    result = {
+        "changed": False, "model": model, "reference": reference, "metrics": metrics,
+        "reference_metrics": ref_metrics, "session_options": session_options, "gates": gates,
+        "failed_gates": failed, "passed": not failed, "seed": seed, "warmup": warmup, "runs": runs,
+        "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
+        "input_source": inputs or "generated",
+        "msg": "; ".join(describe_failure(f) for f in failed) if failed
+        else f"{len(gates)} gate(s) passed",
+        "report": report,
+        **env.provenance(),
+    }
+    if report and not check_mode:
+        files.write_json_atomic(report, result)
+    return result
