@@ -72,4 +72,8 @@ def run(command, params, check_mode=False):
     missing = [k for k in REQUIRED[command] if not params.get(k)]
     if missing:
         raise SaraiError(f"{command} needs parameter(s) {', '.join(missing)}")
-    return func(params, check_mode)
+    try:
+        return func(params, check_mode)
+    except OSError as exc:  # permissions, vanished files: say which file, not a traceback
+        raise SaraiError(f"{command}: {exc.filename or ''}: {exc.strerror or exc}; "
+                         "check the path and its permissions") from None

@@ -1,0 +1,193 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: onnx_quantize
+short_description: Build a quantized (or FP32 reference) release directory from an ONNX model
+description:
+  - Quantizes O(src) with the quantizers onnxruntime ships and writes the release directory O(dest)
+    holding exactly C(<model_name>), C(<model_name>.data) (one external data file),
+    C(quantization.json) (provenance) and C(MANIFEST.sha256) (sha256sum format, every file).
+  - Builds in a staging directory beside O(dest), loads the result with onnxruntime, then renames it
+    into place; an older O(dest) is replaced only at that last step. Any failure leaves O(dest) as it was.
+  - Idempotent - when C(dest/quantization.json) records the same source sha256, method and options
+    and C(dest/MANIFEST.sha256) verifies, nothing is rewritten and the result is C(ok).
+  - Needs onnx, onnxruntime, onnx-ir and numpy on the target's Python.
+version_added: "0.1.0"
+author: sarai-deploy
+options:
+  src:
+    description: The FP32 source model (C(.onnx)); its external data files must sit beside it.
+    type: path
+    required: true
+  dest:
+    description:
+      - The release directory to write. Must not be or contain O(src).
+      - An existing O(dest) must be a release (hold C(quantization.json) or C(MANIFEST.sha256)) or empty.
+    type: path
+    required: true
+  model_name:
+    description: File name of the model inside O(dest). Default is the basename of O(src).
+    type: str
+  method:
+    description:
+      - C(none) copies the model byte for byte (the FP32 reference release, same layout).
+      - C(dynamic_int8) is C(onnxruntime.quantization.quantize_dynamic) (INT8 weights, dynamic activations).
+      - C(fp16) is C(onnxruntime.transformers.float16.convert_float_to_float16).
+      - C(matmul_nbits) is C(MatMulNBitsQuantizer) (blockwise 4- or 8-bit MatMul weights).
+    type: str
+    choices: [none, dynamic_int8, fp16, matmul_nbits]
+    default: dynamic_int8
+  weight_type:
+    description: C(dynamic_int8) weight type. Default C(QInt8).
+    type: str
+    choices: [QInt8, QUInt8]
+  per_channel:
+    description: C(dynamic_int8) per-channel weight scales. Default false.
+    type: bool
+  reduce_range:
+    description: C(dynamic_int8) 7-bit weights (for CPUs without VNNI). Default false.
+    type: bool
+  nodes_to_exclude:
+    description: Node names to leave in float (C(dynamic_int8), C(fp16), C(matmul_nbits)).
+    type: list
+    elements: str
+  op_types_to_quantize:
+    description:
+      - Op types to quantize (C(dynamic_int8), C(matmul_nbits)).
+      - Default is onnxruntime's - all integer ops for C(dynamic_int8), C(MatMul) for C(matmul_nbits).
+    type: list
+    elements: str
+  keep_io_types:
+    description: C(fp16) keeps float32 model inputs and outputs (casts inside the graph). Default true.
+    type: bool
+  bits:
+    description: C(matmul_nbits) weight bits. Default 4.
+    type: int
+    choices: [4, 8]
+  block_size:
+    description: C(matmul_nbits) quantization block size, a power of two >= 16. Default 32.
+    type: int
+  symmetric:
+    description: C(matmul_nbits) symmetric blocks (no zero points). Default false.
+    type: bool
+  accuracy_level:
+    description: C(matmul_nbits) accuracy level of the MatMulNBits kernel (0-4). Default unset.
+    type: int
+    choices: [0, 1, 2, 3, 4]
+  tmp_dir:
+    description:
+      - Directory for onnxruntime's temporary files (C(dynamic_int8) writes a full FP32 copy there).
+      - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first.
+    type: path
+notes:
+  - Supports check mode (reports what it would build, writes nothing) and diff mode (the manifest).
+  - Output files are mode 0644 and the directory 0755, so a service user can read them.
+seealso:
+  - module: onnx_manifest
+  - module: onnx_validate
+"""
+
+EXAMPLES = r"""
+- name: Quantize the FP32 model to INT8
+  onnx_quantize:
+    src: /srv/sarai-build/models/onnx/agi_audio_core.onnx
+    dest: /srv/sarai-build/out/int8
+    model_name: agi_audio_core_int8.onnx
+    method: dynamic_int8
+    weight_type: QInt8
+  register: int8_build
+
+- name: Build the 4-bit variant, keeping the output projection in float
+  onnx_quantize:
+    src: /srv/sarai-build/models/onnx/agi_audio_core.onnx
+    dest: /srv/sarai-build/out/int4
+    model_name: agi_audio_core_int4.onnx
+    method: matmul_nbits
+    bits: 4
+    block_size: 32
+    nodes_to_exclude: [MatMul_lm_head]
+"""
+
+RETURN = r"""
+dest: {description: The release directory., returned: always, type: str}
+model_path: {description: Path of the model file in O(dest)., returned: success, type: str}
+data_path: {description: Path of the external data file in O(dest)., returned: success, type: str}
+model_name: {description: File name of the model., returned: success, type: str}
+method: {description: The method used., returned: always, type: str}
+options: {description: The full option set with defaults (what idempotence compares)., returned: always, type: dict}
+files:
+  description: The model's files in O(dest) with C(name), C(size) and C(sha256).
+  returned: success
+  type: list
+  elements: dict
+size_bytes: {description: Total size of the output model files., returned: success, type: int}
+source_size_bytes: {description: Total size of the source model files., returned: success, type: int}
+source_sha256: {description: sha256 over the sha256sum listing of the source files (model + data)., returned: success, type: str}
+output_sha256: {description: The same over the output model files., returned: success, type: str}
+ratio: {description: size_bytes / source_size_bytes., returned: success, type: float, sample: 0.2555}
+coverage:
+  description: What was actually quantized, read from the output graph.
+  returned: success
+  type: dict
+  contains:
+    weight_tensors: {description: Float source initializers of rank >= 2., type: int}
+    quantized_tensors: {description: How many of them the output no longer holds in float32., type: int}
+    weight_bytes: {description: Their bytes in the source., type: int}
+    quantized_weight_bytes: {description: Source bytes of the quantized ones., type: int}
+    byte_share: {description: quantized_weight_bytes / weight_bytes., type: float}
+    tensor_share: {description: quantized_tensors / weight_tensors., type: float}
+    not_quantized: {description: Up to 20 weight names left in float., type: list}
+quantize_duration_s: {description: Seconds the quantizer took when the release was built (from quantization.json)., returned: success, type: float}
+duration_s: {description: Seconds this task took (hashing included)., returned: success, type: float}
+manifest_path: {description: Path of MANIFEST.sha256., returned: success, type: str}
+manifest_sha256: {description: sha256 of the MANIFEST.sha256 bytes (the release id uses its first 12 hex digits)., returned: success, type: str}
+release_sha12: {description: First 12 hex digits of manifest_sha256., returned: success, type: str}
+record_path: {description: Path of quantization.json., returned: success, type: str}
+planned:
+  description: In check mode when a build is due, the weights the method would rewrite (same keys as coverage).
+  returned: check mode
+  type: dict
+msg: {description: Why the task changed or did not., returned: always, type: str}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.sarai_onnx.commands import run
+from ansible.module_utils.sarai_onnx.errors import SaraiError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            src=dict(type="path", required=True),
+            dest=dict(type="path", required=True),
+            model_name=dict(type="str"),
+            method=dict(type="str", default="dynamic_int8", choices=["none", "dynamic_int8", "fp16", "matmul_nbits"]),
+            weight_type=dict(type="str", choices=["QInt8", "QUInt8"]),
+            per_channel=dict(type="bool"),
+            reduce_range=dict(type="bool"),
+            nodes_to_exclude=dict(type="list", elements="str"),
+            op_types_to_quantize=dict(type="list", elements="str"),
+            keep_io_types=dict(type="bool"),
+            bits=dict(type="int", choices=[4, 8]),
+            block_size=dict(type="int"),
+            symmetric=dict(type="bool"),
+            accuracy_level=dict(type="int", choices=[0, 1, 2, 3, 4]),
+            tmp_dir=dict(type="path"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run("quantize", module.params, check_mode=module.check_mode)
+    except SaraiError as exc:
+        module.fail_json(msg=str(exc))
+    if not module._diff:
+        result.pop("diff", None)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: onnx_validate
+short_description: Time an ONNX model, compare it with its FP32 reference and apply quality and speed gates
+description:
+  - Loads O(model) (and O(reference)) with onnxruntime and the given O(session_options), each in a
+    fresh child process, runs O(warmup) untimed and O(runs) timed inferences on the same inputs,
+    and reports load time, first inference, latency percentiles and peak RSS.
+  - With O(reference), compares outputs (cosine, MSE, MAE, max abs error over all outputs) and
+    reports speedup = reference P50 / model P50, both measured in this run.
+  - Inputs come from O(inputs) (an C(.npz), one array per model input) or are generated from the
+    input signature - seeded normal noise for float tensors, O(input_shapes) for symbolic dims,
+    O(input_values) for integer and scalar inputs (a sample rate must be 16000, not random).
+  - Gate limits are checked first (e.g. O(cosine_min) in [-1, 1]); the task fails when a gate fails,
+    naming each gate with its value and limit, unless O(fail_on_gate=false).
+version_added: "0.1.0"
+author: sarai-deploy
+options:
+  model:
+    description: The model to validate.
+    type: path
+    required: true
+  reference:
+    description: The FP32 reference model. Needed for the comparison metrics and their gates.
+    type: path
+  session_options:
+    description:
+      - onnxruntime session options, the keys SARAi's config uses - C(graph_optimization_level)
+        (ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL), C(intra_op_num_threads),
+        C(inter_op_num_threads), C(execution_mode) (ORT_SEQUENTIAL, ORT_PARALLEL), C(enable_cpu_mem_arena),
+        C(enable_mem_pattern), C(enable_mem_reuse), C(config_entries) (session config entries),
+        C(providers) (default C([CPUExecutionProvider])).
+      - Used for both models.
+    type: dict
+  inputs:
+    description: An C(.npz) file with one array per model input (names and dtypes must match).
+    type: path
+  input_shapes:
+    description: Input name -> full shape list, needed for inputs with symbolic dims (e.g. C(hidden_states) -> C([1, 64, 2048])).
+    type: dict
+  input_values:
+    description: Input name -> fixed value, required for integer and scalar inputs (e.g. C(sr) -> C(16000)).
+    type: dict
+  seed:
+    description: Seed of the generated float inputs.
+    type: int
+    default: 0
+  warmup:
+    description: Untimed runs after the first inference.
+    type: int
+    default: 3
+  runs:
+    description: Timed runs.
+    type: int
+    default: 20
+  gates:
+    description: Gate limits as a dict (same keys as the gate options below); the options win over it.
+    type: dict
+  cosine_min:
+    description: Minimum cosine similarity with the reference, in [-1, 1].
+    type: float
+  mse_max:
+    description: Maximum mean squared error against the reference (>= 0).
+    type: float
+  mae_max:
+    description: Maximum mean absolute error against the reference (>= 0).
+    type: float
+  speedup_min:
+    description: Minimum reference P50 / model P50 (> 0). Right for INT8 (2.0), wrong for FP16 and 4-bit.
+    type: float
+  p50_max_ms:
+    description: Maximum model P50 latency in ms (> 0).
+    type: float
+  p99_max_ms:
+    description: Maximum model P99 latency in ms (> 0).
+    type: float
+  rss_max_mb:
+    description: Maximum peak RSS (MiB) of the process that loaded and ran the model (> 0).
+    type: float
+  expected_output_shapes:
+    description: Output name -> expected shape (null entries match any size).
+    type: dict
+  fail_on_gate:
+    description: Fail the task when a gate fails. False only reports RV(failed_gates).
+    type: bool
+    default: true
+  report:
+    description: Write the full result as JSON to this path (atomically; not in check mode).
+    type: path
+notes:
+  - Read-only apart from O(report); supports check mode (measures, writes no report).
+  - peak_rss_mb is the measuring child's peak resident set (Linux VmHWM) - interpreter, onnxruntime,
+    model and arena; baseline_rss_mb is its resident set before loading.
+seealso:
+  - module: onnx_quantize
+"""
+
+EXAMPLES = r"""
+- name: Validate the deployed INT8 model against FP32
+  onnx_validate:
+    model: /opt/sarai/models/releases/int8-0123456789ab/agi_audio_core_int8.onnx
+    reference: /opt/sarai/models/releases/fp32-ba9876543210/agi_audio_core.onnx
+    session_options:
+      graph_optimization_level: ORT_ENABLE_EXTENDED
+      intra_op_num_threads: 0
+    input_shapes:
+      hidden_states: [1, 64, 2048]
+    cosine_min: 0.98
+    mse_max: 0.01
+    mae_max: 0.05
+    speedup_min: 2.0
+    report: /var/tmp/sarai-validate-int8.json
+  register: int8_validation
+"""
+
+RETURN = r"""
+metrics:
+  description: Measurements of O(model).
+  returned: always
+  type: dict
+  contains:
+    load_s: {description: Seconds to create the session., type: float}
+    first_inference_s: {description: Seconds of the first run after loading., type: float}
+    p50_ms: {description: Median latency of the timed runs., type: float}
+    p90_ms: {description: 90th percentile latency., type: float}
+    p99_ms: {description: 99th percentile latency., type: float}
+    mean_ms: {description: Mean latency., type: float}
+    min_ms: {description: Fastest run., type: float}
+    peak_rss_mb: {description: Peak RSS (MiB) of the measuring process., type: float}
+    baseline_rss_mb: {description: RSS (MiB) of the measuring process before loading., type: float}
+    output_shapes: {description: Output name -> shape., type: dict}
+    size_bytes: {description: Size of the model files on disk., type: int}
+    cosine: {description: Cosine similarity with the reference outputs (with O(reference))., type: float}
+    mse: {description: Mean squared error (with O(reference))., type: float}
+    mae: {description: Mean absolute error (with O(reference))., type: float}
+    max_abs: {description: Largest absolute error (with O(reference))., type: float}
+    speedup: {description: Reference P50 / model P50 (with O(reference))., type: float}
+    size_ratio: {description: Model size / reference size (with O(reference))., type: float}
+reference_metrics: {description: The same timings for O(reference), or null., returned: always, type: dict}
+failed_gates:
+  description: One C({gate, value, limit}) per failed gate.
+  returned: always
+  type: list
+  elements: dict
+passed: {description: Whether every gate passed., returned: always, type: bool}
+gates: {description: The checked gate limits., returned: always, type: dict}
+inputs: {description: Input name -> shape and dtype used., returned: always, type: dict}
+report: {description: Path of the written report, or null., returned: always, type: str}
+msg: {description: "Each failed gate with value and limit (e.g. C(gate speedup_min failed: 1.12 < 2)), or a pass summary.", returned: always, type: str}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.sarai_onnx.commands import run
+from ansible.module_utils.sarai_onnx.errors import SaraiError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            model=dict(type="path", required=True),
+            reference=dict(type="path"),
+            session_options=dict(type="dict"),
+            inputs=dict(type="path"),
+            input_shapes=dict(type="dict"),
+            input_values=dict(type="dict"),
+            seed=dict(type="int", default=0),
+            warmup=dict(type="int", default=3),
+            runs=dict(type="int", default=20),
+            gates=dict(type="dict"),
+            cosine_min=dict(type="float"),
+            mse_max=dict(type="float"),
+            mae_max=dict(type="float"),
+            speedup_min=dict(type="float"),
+            p50_max_ms=dict(type="float"),
+            p99_max_ms=dict(type="float"),
+            rss_max_mb=dict(type="float"),
+            expected_output_shapes=dict(type="dict"),
+            fail_on_gate=dict(type="bool", default=True),
+            report=dict(type="path"),
+        ),
+        mutually_exclusive=[("inputs", "input_shapes")],
+        supports_check_mode=True,
+    )
+    try:
+        result = run("validate", module.params, check_mode=module.check_mode)
+    except SaraiError as exc:
+        module.fail_json(msg=str(exc))
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
