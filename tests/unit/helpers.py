@@ -1,0 +1,61 @@
+"""Helpers shared by the unit tests (imported as `helpers`; fixtures live in conftest.py)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHAPES = {"hidden_states": [1, 16, 256]}
+
+
+def snapshot(path):
+    """{relative name: bytes} of every file under path (to prove nothing changed)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def run_module(name, args, capsys):
+    """Run library/<name>.py in-process with patched args; returns (exit code, result dict)."""
+    from ansible.module_utils.testing import patch_module_args
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
+        module.main()
+    return exit_info.value.code, json.loads(capsys.readouterr().out)
+
+
+def cosine(a, b):
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def ansible_adhoc(module, args, *extra, check=False):
+    """Run `ansible localhost -m module -a args` as a user would; returns (rc, host result dict)."""
+    env = dict(os.environ,
+               ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+               ANSIBLE_LIBRARY=str(ROOT / "library"),
+               ANSIBLE_MODULE_UTILS=str(ROOT / "module_utils"),
+               ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="json")
+    ansible = os.path.join(os.path.dirname(sys.executable), "ansible")
+    cmd = [ansible, "localhost", "-i", "localhost,", "-c", "local",
+           "-e", f"ansible_python_interpreter={sys.executable}", "-m", module, "-a", args, *extra]
+    if check:
+        cmd.append("--check")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"ansible printed no JSON: {proc.stdout}\n{proc.stderr}") from None
+    return proc.returncode, out["plays"][0]["tasks"][0]["hosts"]["localhost"]
