@@ -1,0 +1,126 @@
+"""The four modules end to end: in-process with patch_module_args, the CLI, and real `ansible` runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from helpers import ROOT, SHAPES, ansible_adhoc, run_module, snapshot
+
+
+def test_model_info_module_reports_signature_files_and_plan(talker, capsys):
+    code, r = run_module("onnx_model_info", {"path": talker, "method": "dynamic_int8"}, capsys)
+    assert code == 0 and r["changed"] is False
+    assert r["opset"] == 17 and r["producer_name"].startswith("sarai-deploy")
+    assert r["inputs"] == [{"name": "hidden_states", "dtype": "float32", "shape": ["batch", "seq", 256]}]
+    assert r["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", 1024]}]
+    assert r["params"]["by_dtype"]["float32"]["count"] > 1_800_000
+    assert [f["name"] for f in r["files"]] == ["agi_audio_core.onnx", "agi_audio_core.onnx.data"]
+    assert all(len(f["sha256"]) == 64 for f in r["files"]) and r["external_data"]
+    assert r["quantization_plan"]["quantized_tensors"] == 13 and r["quantization_plan"]["byte_share"] == 1.0
+
+
+def test_model_info_module_fails_clearly_on_missing_data(model_copy, capsys):
+    os.unlink(model_copy + ".data")
+    code, r = run_module("onnx_model_info", {"path": model_copy}, capsys)
+    assert code == 1 and "external data file" in r["msg"] and "is missing" in r["msg"]
+
+
+def test_quantize_module_builds_then_is_idempotent(talker, tmp_path, capsys):
+    args = {"src": talker, "dest": str(tmp_path / "int4"), "method": "matmul_nbits", "bits": 4,
+            "block_size": 32, "model_name": "agi_audio_core_int4.onnx"}
+    code, r = run_module("onnx_quantize", dict(args, _ansible_diff=True), capsys)
+    assert code == 0 and r["changed"] and r["ratio"] < 0.2
+    assert "agi_audio_core_int4.onnx.data" in r["diff"]["after"]
+    code, again = run_module("onnx_quantize", args, capsys)
+    assert code == 0 and not again["changed"] and again["manifest_sha256"] == r["manifest_sha256"]
+
+
+def test_quantize_module_check_mode_and_bad_option(talker, tmp_path, capsys):
+    code, r = run_module("onnx_quantize", {"src": talker, "dest": str(tmp_path / "fp16"), "method": "fp16",
+                                           "_ansible_check_mode": True}, capsys)
+    assert code == 0 and r["changed"] and os.listdir(tmp_path) == []
+    code, r = run_module("onnx_quantize", {"src": talker, "dest": str(tmp_path / "fp16"), "method": "fp16",
+                                           "weight_type": "QInt8"}, capsys)
+    assert code == 1 and "weight_type do not apply to method fp16" in r["msg"]
+    code, r = run_module("onnx_quantize", {"src": talker, "dest": str(tmp_path / "x"), "method": "int2"}, capsys)
+    assert code == 1 and "method" in r["msg"] and "int2" in r["msg"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_validate_module_passes_and_fails_on_gates(releases, talker, tmp_path, capsys):
+    args = {"model": releases["dynamic_int8"]["model_path"], "reference": talker, "input_shapes": SHAPES,
+            "warmup": 0, "runs": 3, "cosine_min": 0.98, "mse_max": 0.01, "gates": {"mae_max": 0.05}}
+    code, r = run_module("onnx_validate", args, capsys)
+    assert code == 0 and r["passed"] and set(r["gates"]) == {"cosine_min", "mse_max", "mae_max"}
+    code, r = run_module("onnx_validate", dict(args, speedup_min=500.0, report=str(tmp_path / "r.json")), capsys)
+    assert code == 1 and r["failed"] and "gate speedup_min failed:" in r["msg"] and "< 500" in r["msg"]
+    assert r["failed_gates"][0]["gate"] == "speedup_min" and r["failed_gates"][0]["limit"] == 500.0
+    assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+    code, r = run_module("onnx_validate", dict(args, speedup_min=500.0, fail_on_gate=False), capsys)
+    assert code == 0 and not r["passed"]
+
+
+def test_validate_module_rejects_out_of_range_gate(releases, talker, capsys):
+    code, r = run_module("onnx_validate", {"model": releases["fp16"]["model_path"], "reference": talker,
+                                           "input_shapes": SHAPES, "cosine_min": 2.0}, capsys)
+    assert code == 1 and "gate cosine_min=2.0 is out of range" in r["msg"]
+
+
+def _cli(command, params, tmp_path, *extra):
+    path = tmp_path / f"{command}.json"
+    path.write_text(json.dumps(params))
+    proc = subprocess.run([sys.executable, "-m", "sarai_onnx", command, "--params", str(path), *extra],
+                          cwd=ROOT / "module_utils", capture_output=True, text=True, check=False)
+    return proc.returncode, json.loads(proc.stdout)  # stdout must be exactly one JSON document
+
+
+def test_cli_runs_the_same_code_as_the_modules(talker, tmp_path):
+    dest = str(tmp_path / "out" / "int8")
+    rc, r = _cli("quantize", {"src": talker, "dest": dest, "method": "dynamic_int8"}, tmp_path)
+    assert rc == 0 and r["changed"] and r["failed"] is False and r["ratio"] <= 0.26
+    rc, r = _cli("manifest", {"path": dest, "state": "verified"}, tmp_path)
+    assert rc == 0 and r["verified"]
+    rc, r = _cli("info", {"path": os.path.join(dest, os.path.basename(talker))}, tmp_path)
+    assert rc == 0 and "int8" in r["params"]["by_dtype"]
+    rc, r = _cli("validate", {"model": os.path.join(dest, os.path.basename(talker)), "reference": talker,
+                              "input_shapes": SHAPES, "runs": 2, "warmup": 0, "speedup_min": 1000}, tmp_path)
+    assert rc == 1 and r["failed"] and "gate speedup_min failed" in r["msg"]
+
+
+def test_cli_failures_are_json_with_exit_1(tmp_path):
+    rc, r = _cli("quantize", {"src": str(tmp_path / "missing.onnx"), "dest": str(tmp_path / "o")}, tmp_path)
+    assert rc == 1 and r == {"failed": True, "msg": r["msg"]} and "does not exist" in r["msg"]
+    rc, r = _cli("quantize", {"src": "a", "dest": "b", "bitz": 4}, tmp_path)
+    assert rc == 1 and "unknown parameter(s) bitz" in r["msg"]
+
+
+def test_ansible_cli_quantize_changed_then_ok_and_check_mode(talker, tmp_path):
+    dest = tmp_path / "int8"
+    args = f"src={talker} dest={dest} method=dynamic_int8 model_name=agi_audio_core_int8.onnx"
+    started = time.perf_counter()
+    rc, first = ansible_adhoc("onnx_quantize", args)
+    first_s = time.perf_counter() - started
+    assert rc == 0 and first["changed"] is True and first["ratio"] <= 0.26, first
+    before = snapshot(dest)
+    rc, second = ansible_adhoc("onnx_quantize", args)
+    assert rc == 0 and second["changed"] is False and second["duration_s"] < first_s
+    assert snapshot(dest) == before
+    rc, checked = ansible_adhoc("onnx_quantize", f"src={talker} dest={tmp_path / 'fp16'} method=fp16", check=True)
+    assert rc == 0 and checked["changed"] is True and not (tmp_path / "fp16").exists()
+
+
+def test_ansible_cli_manifest_detects_flipped_byte(releases, tmp_path):
+    import shutil
+
+    dest = tmp_path / "rel"
+    shutil.copytree(releases["dynamic_int8"]["dest"], dest)
+    with open(dest / "agi_audio_core_int8.onnx.data", "r+b") as fh:
+        fh.seek(100)
+        b = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([b[0] ^ 0x01]))
+    rc, r = ansible_adhoc("onnx_manifest", f"path={dest} state=verified")
+    assert rc != 0 and r["failed"] and r["mismatches"][0]["file"] == "agi_audio_core_int8.onnx.data"
