@@ -3,8 +3,8 @@
 
 Builds a seeded FP32 talker model (~320 MB by default), quantizes it to INT8 (dynamic), FP16 and
 4-bit (MatMulNBits) with the same sarai_onnx code the modules run (as `python -m sarai_onnx`, one
-lean process per step), validates each against the
-FP32 model in the same run (same inputs, same session options) and prints one table.
+lean process per step), validates each against the FP32 model in the same run (same inputs, same
+session options) and prints one table.
 
     python benchmarks/quantize_variants.py [--size-mb 320] [--hidden 1024] [--seq 128] [--runs 20]
 """
@@ -74,7 +74,7 @@ def main(argv=None):
         print(f"FP32 talker: hidden={a.hidden} vocab={a.vocab} layers={layers} params={built['params']:,} "
               f"size={built['size_bytes'] / 2**20:.0f} MiB (built in {time.perf_counter() - t0:.1f} s); "
               f"input [1, {a.seq}, {a.hidden}], {a.runs} timed runs after {a.warmup} warmup, "
-              f"{os.cpu_count()} CPUs", flush=True)
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
         session_options = {"graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_num_threads": a.threads}
         shapes = {"hidden_states": [1, a.seq, a.hidden]}
         rows = []
@@ -97,6 +97,7 @@ def main(argv=None):
         if not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine skews latency)")
     header = ("variant", "size MiB", "size ratio", "quantize s", "coverage", "p50 ms", "FP32 p50", "speedup",
               "cosine", "MSE", "max abs", "load s", "peak RSS MiB", "FP32 RSS")
     print("\n| " + " | ".join(header) + " |")

@@ -3,7 +3,8 @@
 import os
 
 from .model import dtype_name, graph_inputs, iter_tensors, load_graph, model_files, tensor_nbytes, value_infos
-from .quantize import describe_model_files, normalize_options, planned_weights
+from .coverage import planned_weights
+from .quantize import describe_model_files, normalize_options
 
 
 def model_info(path, method=None, options=None, checksum=True):
