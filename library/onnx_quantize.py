@@ -80,12 +80,15 @@ options:
     choices: [0, 1, 2, 3, 4]
   tmp_dir:
     description:
-      - Directory for onnxruntime's temporary files (C(dynamic_int8) writes a full FP32 copy there).
+      - Directory for temporary files. C(dynamic_int8) needs about 2x the source size there (a private
+        copy of the source, and onnxruntime's own FP32 copy); the other methods need little.
       - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first.
     type: path
 notes:
   - Supports check mode (reports what it would build, writes nothing) and diff mode (the manifest).
   - Output files are mode 0644 and the directory 0755, so a service user can read them.
+  - Memory - onnxruntime's quantizers hold several copies of the weights; C(dynamic_int8) peaked at
+    about 3x the FP32 size in RAM here (2.3 GB model).
 seealso:
   - module: onnx_manifest
   - module: onnx_validate

@@ -33,7 +33,7 @@ OPTION_DEFAULTS = {
                      "nodes_to_exclude": [], "op_types_to_quantize": []},
 }
 # Disk needed in the staging/temp area, as a multiple of the source size (output + temp copies).
-SPACE_FACTOR = {"none": 1.0, "dynamic_int8": 1.35, "fp16": 0.6, "matmul_nbits": 0.4}
+SPACE_FACTOR = {"none": 1.0, "dynamic_int8": 2.35, "fp16": 0.6, "matmul_nbits": 0.4}
 
 
 def normalize_options(method, options):
@@ -170,14 +170,22 @@ def _build_none(src, out_path, opts):
 def _build_dynamic_int8(src, out_path, opts):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # A ModelProto, not the path: given a path, quantize_dynamic writes model-inferred.onnx beside
-    # the source (fails on read-only sources); given a proto it works under tempfile (redirected).
-    quantize_dynamic(load_full(src), out_path,
-                     op_types_to_quantize=opts["op_types_to_quantize"] or None,
-                     per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
-                     weight_type=QuantType[opts["weight_type"]],
-                     nodes_to_exclude=opts["nodes_to_exclude"] or None,
-                     use_external_data_format=True)
+    # quantize_dynamic given a path writes <dir>/model-inferred.onnx beside it, and onnx refuses
+    # external data reached through symlinks or hard links: so it gets a private copy of the
+    # source in the (redirected) temp dir. A path rather than a loaded ModelProto also saves one
+    # in-memory copy of the weights (peak RAM ~3x the model instead of ~4x).
+    work = tempfile.mkdtemp(prefix="source-")
+    try:
+        for path in model_files(src):
+            files.copy_file(path, os.path.join(work, os.path.relpath(path, os.path.dirname(src))))
+        quantize_dynamic(os.path.join(work, os.path.basename(src)), out_path,
+                         op_types_to_quantize=opts["op_types_to_quantize"] or None,
+                         per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
+                         weight_type=QuantType[opts["weight_type"]],
+                         nodes_to_exclude=opts["nodes_to_exclude"] or None,
+                         use_external_data_format=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return "onnxruntime.quantization.quantize_dynamic"
 
 
@@ -280,9 +288,9 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
     except OSError as exc:
         raise SaraiError(f"dest {dest} is not writable: cannot create {parent} ({exc.strerror}); "
                          "choose a dest under a writable directory") from None
-    if tmp_dir and method == "dynamic_int8":  # the FP32 temp copy goes to tmp_dir, the output beside dest
-        _check_space(tmp_dir, source["size_bytes"], "onnxruntime's temporary FP32 copy")
-        factor -= 1.0
+    if tmp_dir and method == "dynamic_int8":  # the FP32 copies go to tmp_dir, the output beside dest
+        _check_space(tmp_dir, 2 * source["size_bytes"], "a source copy and onnxruntime's temporary FP32 copy")
+        factor -= 2.0
     _check_space(parent, int(source["size_bytes"] * factor) + (16 << 20), f"the {method} release")
 
     old_manifest = _read_text(os.path.join(dest, files.MANIFEST_NAME))

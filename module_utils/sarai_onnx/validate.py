@@ -156,11 +156,11 @@ def _peak_rss_mb():
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
 
 
-def _measure_child(model, session_options, inputs_path, outputs_path, warmup, runs, conn):
+def _measure_child(model, session_options, names, inputs_path, outputs_path, warmup, runs, conn):
     try:
         baseline = _rss_mb("VmRSS")
-        with np.load(inputs_path, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
+        with np.load(inputs_path, allow_pickle=False) as data:  # arrays by position: any input name works
+            feeds = {name: data[f"arr_{i}"] for i, name in enumerate(names)}
         t0 = time.perf_counter()
         session = make_session(model, session_options)
         load_s = time.perf_counter() - t0
@@ -188,10 +188,11 @@ def measure(model, session_options, feeds, warmup, runs, workdir):
     """Metrics and outputs of one model, measured in a fresh process."""
     inputs_path = os.path.join(workdir, "inputs.npz")
     outputs_path = os.path.join(workdir, "outputs.npz")
-    np.savez(inputs_path, **feeds)
+    names = list(feeds)
+    np.savez(inputs_path, *(feeds[n] for n in names))
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_measure_child, args=(model, session_options, inputs_path, outputs_path,
+    proc = ctx.Process(target=_measure_child, args=(model, session_options, names, inputs_path, outputs_path,
                                                    warmup, runs, child_conn))
     proc.start()
     child_conn.close()  # so recv() sees EOF if the child dies without answering
