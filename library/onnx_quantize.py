@@ -34,7 +34,9 @@ options:
     type: str
   method:
     description:
-      - C(none) copies the model byte for byte (the FP32 reference release, same layout).
+      - C(none) copies the model byte for byte (the FP32 reference release, same layout); when
+        O(model_name) or the source's data file name differ from the layout, the weights are
+        re-saved unchanged under the new names instead.
       - C(dynamic_int8) is C(onnxruntime.quantization.quantize_dynamic) (INT8 weights, dynamic activations).
       - C(fp16) is C(onnxruntime.transformers.float16.convert_float_to_float16).
       - C(matmul_nbits) is C(MatMulNBitsQuantizer) (blockwise 4- or 8-bit MatMul weights).
@@ -85,6 +87,8 @@ options:
       - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first.
     type: path
 notes:
+  - Method options left unset take the method's default named in their description (shown as
+    C(null) above); setting an option of another method is an error.
   - Supports check mode (reports what it would build, writes nothing) and diff mode (the manifest).
   - Output files are mode 0644 and the directory 0755, so a service user can read them.
   - Memory - onnxruntime's quantizers hold several copies of the weights; C(dynamic_int8) peaked at
