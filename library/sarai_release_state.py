@@ -48,6 +48,15 @@ options:
   rollback_variant:
     description: Restrict the returned rollback target to releases of this variant.
     type: str
+  leaving:
+    description:
+      - Id of the release a rollback abandons (default the current one). When the service does not
+        run it (a deploy failed before its switch was recorded), the current release is the target.
+    type: str
+  keep:
+    description: How many releases cleanup keeps; sets the returned RV(releases_to_keep).
+    type: int
+    default: 3
 notes:
   - Supports check mode and diff mode.
 """
@@ -82,9 +91,14 @@ state:
     bad_releases: {description: Release ids that failed and must not be rolled back to., type: list}
     history: {description: The last 20 switches, oldest first., type: list}
 rollback_target:
-  description: The release a rollback would land on (newest good release other than the current one), or null.
+  description: The release a rollback would land on (newest good release other than the one left), or null.
   returned: always
   type: dict
+releases_to_keep:
+  description: Release ids cleanup must keep (current, previous, then the newest, O(keep) in all).
+  returned: always
+  type: list
+  elements: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -94,6 +108,7 @@ from ansible.module_utils.sarai_state import (
     record_failed,
     record_switch,
     record_validated,
+    releases_to_keep,
     render,
     rollback_target,
     save_state,
@@ -123,6 +138,8 @@ def main():
             reason=dict(type="str", default="deploy", choices=["deploy", "rollback"]),
             baseline=dict(type="dict"),
             rollback_variant=dict(type="str"),
+            leaving=dict(type="str"),
+            keep=dict(type="int", default=3),
         ),
         supports_check_mode=True,
     )
@@ -138,7 +155,8 @@ def main():
     result = dict(
         changed=changed,
         state=after,
-        rollback_target=rollback_target(after, module.params["rollback_variant"]),
+        rollback_target=rollback_target(after, module.params["rollback_variant"], module.params["leaving"]),
+        releases_to_keep=releases_to_keep(after, module.params["keep"]),
     )
     if module._diff and changed:
         result["diff"] = dict(before=render(before), after=render(after), before_header=path, after_header=path)

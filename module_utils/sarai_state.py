@@ -139,20 +139,25 @@ def record_failed(state, release_id):
     return new
 
 
-def rollback_target(state, variant=None):
+def rollback_target(state, variant=None, leaving=None):
     """The release a rollback should land on, or None.
 
-    Candidates, newest first: the previous release, then the history. Never the running release,
-    never a release marked bad; with `variant`, only releases of that variant.
+    `leaving` is the release being abandoned (default: the running one). If the service does not run
+    it (a deploy failed before its switch was recorded), the running release is the target. Otherwise
+    the candidates, newest first, are the previous release and then the history; never the release
+    being left, never one marked bad; with `variant`, only releases of that variant.
     """
     current = state.get("current") or {}
+    leaving = leaving or current.get("id")
     bad = set(state.get("bad_releases") or [])
     candidates = []
+    if current and current.get("id") != leaving:
+        candidates.append(current)
     if state.get("previous"):
         candidates.append(state["previous"])
     candidates.extend(reversed(state.get("history") or []))
     for candidate in candidates:
-        if candidate.get("id") in bad or candidate.get("id") == current.get("id"):
+        if candidate.get("id") in bad or candidate.get("id") == leaving:
             continue
         if variant and candidate.get("variant") != variant:
             continue

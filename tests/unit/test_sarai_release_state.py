@@ -124,3 +124,16 @@ def test_module_fails_clearly_on_broken_state(tmp_path, capsys):
     assert code == 1 and result["failed"] is True
     assert str(path) in result["msg"] and "not valid JSON" in result["msg"]
     assert path.read_text() == "[1, 2"
+
+
+def test_rollback_after_failed_switch_lands_on_the_running_release():
+    # The deploy of INT8_NEW failed before its switch was recorded: INT8 still runs and is the target.
+    state = sarai_state.record_switch(sarai_state.empty_state(), FP32, now="T1")
+    state = sarai_state.record_switch(state, INT8, now="T2")
+    assert sarai_state.rollback_target(state, leaving=INT8_NEW["id"])["id"] == INT8["id"]
+
+
+def test_rollback_leaving_the_running_release_goes_to_previous():
+    state = sarai_state.record_switch(sarai_state.empty_state(), INT8, baseline=FP32, now="T1")
+    state = sarai_state.record_failed(state, INT8["id"])
+    assert sarai_state.rollback_target(state, leaving=INT8["id"])["id"] == FP32["id"]
