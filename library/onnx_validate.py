@@ -11,6 +11,8 @@ description:
   - Loads O(model) (and O(reference)) with onnxruntime and the given O(session_options), each in a
     fresh child process, runs O(warmup) untimed and O(runs) timed inferences on the same inputs,
     and reports load time, first inference, latency percentiles and peak RSS.
+  - Both processes stay up while the timed runs alternate between them in rounds, so other load on
+    the host falls on both alike; the host needs RAM for both models at once.
   - With O(reference), compares outputs (cosine, MSE, MAE, max abs error over all outputs) and
     reports speedup = reference P50 / model P50, both measured in this run.
   - Inputs come from O(inputs) (an C(.npz), one array per model input) or are generated from the

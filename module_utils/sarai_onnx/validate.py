@@ -1,7 +1,9 @@
 """onnx_validate: load, run and time a model (and its FP32 reference), compare outputs, apply gates.
 
-What is measured, per model, in a fresh child process (fork on Linux, spawn elsewhere) so that one
-model's memory and threads cannot colour the other's numbers:
+What is measured, per model, in its own fresh child process (fork on Linux, spawn elsewhere) so
+that one model's memory and threads cannot colour the other's numbers. Both processes stay up
+while the timed runs alternate between them in rounds (A B B A ...), so other load on the host
+falls on both alike:
   load_s             wall time of onnxruntime.InferenceSession(...) (graph optimisation included)
   first_inference_s  wall time of the first run() after loading
   p50/p90/p99/mean/min_ms  wall time of each of `runs` timed run() calls, after `warmup` untimed
@@ -156,7 +158,8 @@ def _peak_rss_mb():
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
 
 
-def _measure_child(model, session_options, names, inputs_path, outputs_path, warmup, runs, conn):
+def _worker_main(model, session_options, names, inputs_path, outputs_path, warmup, conn):
+    """Child: load the model, run once, then serve ("run", n) requests until ("stop",)."""
     try:
         baseline = _rss_mb("VmRSS")
         with np.load(inputs_path, allow_pickle=False) as data:  # arrays by position: any input name works
@@ -167,63 +170,111 @@ def _measure_child(model, session_options, names, inputs_path, outputs_path, war
         t0 = time.perf_counter()
         outputs = session.run(None, feeds)
         first_s = time.perf_counter() - t0
+        np.savez(outputs_path, *outputs)
         for _ in range(warmup):
             session.run(None, feeds)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            session.run(None, feeds)
-            times.append((time.perf_counter() - t0) * 1000.0)
-        np.savez(outputs_path, *outputs)
-        conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "times_ms": times,
-                   "output_names": [o.name for o in session.get_outputs()],
-                   "baseline_rss_mb": baseline, "peak_rss_mb": _peak_rss_mb()})
+        conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "baseline_rss_mb": baseline,
+                   "output_names": [o.name for o in session.get_outputs()]})
+        while True:
+            command = conn.recv()
+            if command[0] != "run":
+                break
+            times = []
+            for _ in range(command[1]):
+                t0 = time.perf_counter()
+                session.run(None, feeds)
+                times.append((time.perf_counter() - t0) * 1000.0)
+            conn.send({"ok": True, "times_ms": times})
+        conn.send({"ok": True, "peak_rss_mb": _peak_rss_mb()})
     except Exception as exc:  # reported to the parent, which raises SaraiError naming the model
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:
         conn.close()
 
 
-def measure(model, session_options, feeds, warmup, runs, workdir):
-    """Metrics and outputs of one model, measured in a fresh process."""
-    inputs_path = os.path.join(workdir, "inputs.npz")
-    outputs_path = os.path.join(workdir, "outputs.npz")
-    names = list(feeds)
-    np.savez(inputs_path, *(feeds[n] for n in names))
+class _Worker:
+    """Parent side of one measuring process."""
+
+    def __init__(self, ctx, model, session_options, feeds, warmup, workdir, tag):
+        self.model = model
+        names = list(feeds)
+        inputs_path = os.path.join(workdir, f"{tag}-inputs.npz")
+        self.outputs_path = os.path.join(workdir, f"{tag}-outputs.npz")
+        np.savez(inputs_path, *(feeds[n] for n in names))
+        self.conn, child_conn = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(model, session_options, names, inputs_path,
+                                                          self.outputs_path, warmup, child_conn))
+        self.proc.start()
+        child_conn.close()  # so recv() sees EOF if the child dies without answering
+        self.ready = self._ask(None)
+        self.times = []
+
+    def _ask(self, command):
+        try:
+            if command is not None:
+                self.conn.send(command)
+            reply = self.conn.recv()
+        except (EOFError, OSError):
+            self.proc.join()
+            raise SaraiError(f"measuring {self.model} crashed the measuring process (exit code "
+                             f"{self.proc.exitcode}); check memory (dmesg for the OOM killer) and the model") from None
+        if not reply["ok"]:
+            self.proc.join()
+            raise SaraiError(f"onnxruntime failed on {self.model}: {reply['error']}")
+        return reply
+
+    def run(self, count):
+        self.times += self._ask(("run", count))["times_ms"]
+
+    def finish(self):
+        """Stop the process; return (metrics, outputs)."""
+        peak = self._ask(("stop",))["peak_rss_mb"]
+        self.proc.join()
+        with np.load(self.outputs_path, allow_pickle=False) as data:
+            outputs = {name: data[f"arr_{i}"] for i, name in enumerate(self.ready["output_names"])}
+        times = np.array(self.times, dtype=np.float64)
+        base = self.ready["baseline_rss_mb"]
+        metrics = {
+            "load_s": round(self.ready["load_s"], 4),
+            "first_inference_s": round(self.ready["first_inference_s"], 4),
+            "p50_ms": round(float(np.percentile(times, 50)), 3),
+            "p90_ms": round(float(np.percentile(times, 90)), 3),
+            "p99_ms": round(float(np.percentile(times, 99)), 3),
+            "mean_ms": round(float(times.mean()), 3),
+            "min_ms": round(float(times.min()), 3),
+            "peak_rss_mb": round(peak, 1),
+            "baseline_rss_mb": round(base, 1) if base is not None else None,
+            "output_shapes": {k: list(v.shape) for k, v in outputs.items()},
+            "size_bytes": sum(os.path.getsize(p) for p in model_files(self.model)),
+        }
+        return metrics, outputs
+
+    def kill(self):
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join()
+
+
+def measure(models, session_options, warmup, runs, workdir):
+    """[(metrics, outputs)] for [(path, feeds)], each model in its own fresh process.
+
+    With two models the timed runs alternate in rounds (A B B A ...), so load from other work on
+    the machine falls on both alike and the speedup stays meaningful on a busy host.
+    """
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_measure_child, args=(model, session_options, names, inputs_path, outputs_path,
-                                                   warmup, runs, child_conn))
-    proc.start()
-    child_conn.close()  # so recv() sees EOF if the child dies without answering
+    workers = []
     try:
-        report = parent_conn.recv()
-    except EOFError:
-        report = None
-    proc.join()
-    if report is None:
-        raise SaraiError(f"measuring {model} crashed the measuring process (exit code {proc.exitcode}); "
-                         "check memory (dmesg for the OOM killer) and the model")
-    if not report["ok"]:
-        raise SaraiError(f"onnxruntime failed on {model}: {report['error']}")
-    with np.load(outputs_path, allow_pickle=False) as data:
-        outputs = {name: data[f"arr_{i}"] for i, name in enumerate(report["output_names"])}
-    times = np.array(report["times_ms"], dtype=np.float64)
-    peak, base = report["peak_rss_mb"], report["baseline_rss_mb"]
-    metrics = {
-        "load_s": round(report["load_s"], 4),
-        "first_inference_s": round(report["first_inference_s"], 4),
-        "p50_ms": round(float(np.percentile(times, 50)), 3),
-        "p90_ms": round(float(np.percentile(times, 90)), 3),
-        "p99_ms": round(float(np.percentile(times, 99)), 3),
-        "mean_ms": round(float(times.mean()), 3),
-        "min_ms": round(float(times.min()), 3),
-        "peak_rss_mb": round(peak, 1),
-        "baseline_rss_mb": round(base, 1) if base is not None else None,
-        "output_shapes": {k: list(v.shape) for k, v in outputs.items()},
-        "size_bytes": sum(os.path.getsize(p) for p in model_files(model)),
-    }
-    return metrics, outputs
+        for i, (path, feeds) in enumerate(models):
+            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}"))
+        rounds = min(runs, 10)
+        for r in range(rounds):
+            count = runs // rounds + (1 if r < runs % rounds else 0)
+            for w in (workers if r % 2 == 0 else workers[::-1]):
+                w.run(count)
+        return [w.finish() for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
 
 
 def compare(reference, outputs):
@@ -299,18 +350,19 @@ def validate(model, reference=None, session_options=None, inputs=None, input_sha
     else:
         feeds = generate_inputs(signature, input_shapes, input_values, seed)
 
+    models = [(model, feeds)]
+    if reference:
+        models.append((reference, _feeds_for(reference, ref_signature, feeds)))
     workdir = tempfile.mkdtemp(prefix="sarai-validate-")
     try:
         with env.stdout_to_stderr():
-            metrics, outputs = measure(model, session_options, feeds, warmup, runs, workdir)
-            ref_metrics = None
-            if reference:
-                ref_metrics, ref_outputs = measure(reference, session_options,
-                                                   _feeds_for(reference, ref_signature, feeds),
-                                                   warmup, runs, workdir)
+            measured = measure(models, session_options, warmup, runs, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    metrics, outputs = measured[0]
+    ref_metrics = None
     if reference:
+        ref_metrics, ref_outputs = measured[1]
         metrics.update(compare(ref_outputs, outputs))
         metrics["speedup"] = round(ref_metrics["p50_ms"] / metrics["p50_ms"], 4) if metrics["p50_ms"] else None
         metrics["size_ratio"] = round(metrics["size_bytes"] / ref_metrics["size_bytes"], 4)
