@@ -43,13 +43,15 @@ molecule: venv
 	@for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
 
 lab: venv
-	$(BIN)/ansible-playbook playbooks/lab_up.yml
+	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_up.yml
 
 lab-down: venv
-	$(BIN)/ansible-playbook playbooks/lab_down.yml
+	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_down.yml
 
+# A demo model of realistic shape (~80M parameters, ~320 MB FP32 with external data).
+DEMO_MODEL ?= -e '{"lab_model_hidden": 1024, "lab_model_layers": 6, "lab_model_vocab": 8192}'
 demo: venv
-	$(BIN)/ansible-playbook playbooks/demo.yml
+	$(BIN)/ansible-playbook -i inventory/lab playbooks/demo.yml $(DEMO_MODEL)
 
 bench: venv
 	$(BIN)/python benchmarks/quantize_variants.py
