@@ -102,10 +102,17 @@ def weight_tensors(model):
     return [t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and len(t.dims) >= 2]
 
 
+_PACKED_4BIT = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
+
+
 def tensor_nbytes(tensor):
     count = 1
     for d in tensor.dims:
         count *= d
+    if tensor.data_type in _PACKED_4BIT:  # two values per byte
+        return (count + 1) // 2
+    if tensor.data_type == TensorProto.STRING:
+        return sum(len(x) for x in tensor.string_data)
     return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
