@@ -5,7 +5,17 @@ import os
 
 from . import files
 from .errors import SaraiError
-from .model import model_files
+
+
+def _model_files(path):
+    """The model and its external data files. onnx is needed only here: a release directory
+    is written and verified with hashlib alone, on any Python."""
+    try:
+        from .model import model_files
+    except ImportError as exc:
+        raise SaraiError(f"listing the data files of model {path} needs the onnx package ({exc}); "
+                         "give the release directory instead, or run with the runtime Python") from None
+    return model_files(path)
 
 RECORD_NAME = "quantization.json"
 
@@ -25,7 +35,7 @@ def _targets(path, manifest):
     if not os.path.exists(path):
         raise SaraiError(f"path {path} does not exist: give a release directory or a model file")
     base = os.path.dirname(path)
-    names = [os.path.relpath(p, base) for p in model_files(path)]
+    names = [os.path.relpath(p, base) for p in _model_files(path)]
     return base, manifest or os.path.join(base, files.MANIFEST_NAME), names
 
 
@@ -71,7 +81,7 @@ def verify_manifest(path, manifest=None):
         base = os.path.dirname(path)
         manifest_path = manifest or os.path.join(base, files.MANIFEST_NAME)
         try:
-            names = [os.path.relpath(p, base) for p in model_files(path)]
+            names = [os.path.relpath(p, base) for p in _model_files(path)]
         except SaraiError:
             names = [os.path.basename(path)]  # missing/truncated data shows up as a mismatch below
     entries = files.parse_manifest(manifest_path)

@@ -126,3 +126,28 @@ def test_module_present_with_diff_and_check_mode(model_copy, capsys):
                                                 "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
     assert code == 0 and result["changed"] and "agi_audio_core.onnx.data" in result["diff"]["after"]
     assert snapshot(os.path.dirname(model_copy)) == before
+
+
+def test_release_directory_verifies_without_numpy_or_onnx(releases, tmp_path):
+    # Inference hosts may verify with a plain system Python: block the heavy imports and run the CLI.
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"path": releases["fp16"]["dest"], "state": "verified"}))
+    code = ("import runpy, sys; sys.modules.update(numpy=None, onnx=None, onnxruntime=None); "
+            f"sys.argv = ['sarai_onnx', 'manifest', '--params', {str(params)!r}]; "
+            "runpy.run_module('sarai_onnx', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "module_utils", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["verified"] is True
+
+
+def test_gate_option_names_match_validate():
+    from sarai_onnx.commands import GATE_OPTIONS
+    from sarai_onnx.validate import GATES, SHAPES_GATE
+
+    assert set(GATE_OPTIONS) == set(GATES) | {SHAPES_GATE}
