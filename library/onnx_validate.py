@@ -144,6 +144,11 @@ metrics:
     speedup: {description: Reference P50 / model P50 (with O(reference))., type: float}
     size_ratio: {description: Model size / reference size (with O(reference))., type: float}
 reference_metrics: {description: The same timings for O(reference), or null., returned: always, type: dict}
+gate_results:
+  description: One C({gate, value, limit, passed}) per gate checked (the output-shapes gate has one per output).
+  returned: always
+  type: list
+  elements: dict
 failed_gates:
   description: One C({gate, value, limit}) per failed gate.
   returned: always

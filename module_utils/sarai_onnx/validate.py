@@ -87,23 +87,22 @@ def _check_shapes_gate(shapes):
     return out
 
 
-def check_gates(metrics, gates):
-    """[{gate, value, limit}] for every gate the metrics fail."""
-    failed = []
+def evaluate_gates(metrics, gates):
+    """[{gate, value, limit, passed}] for every gate (the shapes gate: one entry per output)."""
+    results = []
     for name, limit in gates.items():
         if name == SHAPES_GATE:
             actual = metrics.get("output_shapes", {})
             for out_name, want in limit.items():
                 got = actual.get(out_name)
-                if got is None or len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
-                    failed.append({"gate": f"{SHAPES_GATE}.{out_name}", "value": got, "limit": want})
+                ok = got is not None and len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want))
+                results.append({"gate": f"{SHAPES_GATE}.{out_name}", "value": got, "limit": want, "passed": ok})
             continue
         metric, op, _, _, _ = GATES[name]
         value = metrics.get(metric)
         ok = value is not None and (value >= limit if op == ">=" else value <= limit)
-        if not ok:
-            failed.append({"gate": name, "value": value, "limit": limit})
-    return failed
+        results.append({"gate": name, "value": value, "limit": limit, "passed": ok})
+    return results
 
 
 def describe_failure(f):
@@ -367,11 +366,12 @@ def validate(model, reference=None, session_options=None, inputs=None, input_sha
         metrics["speedup"] = round(ref_metrics["p50_ms"] / metrics["p50_ms"], 4) if metrics["p50_ms"] else None
         metrics["size_ratio"] = round(metrics["size_bytes"] / ref_metrics["size_bytes"], 4)
 
-    failed = check_gates(metrics, gates)
+    gate_results = evaluate_gates(metrics, gates)
+    failed = [{k: r[k] for k in ("gate", "value", "limit")} for r in gate_results if not r["passed"]]
     result = {
         "changed": False, "model": model, "reference": reference, "metrics": metrics,
         "reference_metrics": ref_metrics, "session_options": session_options, "gates": gates,
-        "failed_gates": failed, "passed": not failed, "seed": seed, "warmup": warmup, "runs": runs,
+        "gate_results": gate_results, "failed_gates": failed, "passed": not failed, "seed": seed, "warmup": warmup, "runs": runs,
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "input_source": inputs or "generated",
         "msg": "; ".join(describe_failure(f) for f in failed) if failed

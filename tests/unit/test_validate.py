@@ -11,7 +11,7 @@ from helpers import SHAPES
 from sarai_onnx.errors import SaraiError
 from sarai_onnx.inputs import generate_inputs, load_npz
 from sarai_onnx.session import build_session_options, normalize_session_options
-from sarai_onnx.validate import check_gates, normalize_gates, validate
+from sarai_onnx.validate import evaluate_gates, normalize_gates, validate
 
 METRICS = {"load_s", "first_inference_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "peak_rss_mb",
            "output_shapes", "size_bytes", "cosine", "mse", "mae", "max_abs", "speedup"}
@@ -47,6 +47,8 @@ def test_impossible_gate_is_named_with_value_and_limit(releases, talker):
     assert [f["gate"] for f in result["failed_gates"]] == ["speedup_min", "expected_output_shapes.logits"]
     assert result["msg"].startswith("gate speedup_min failed: ") and " < 1000" in result["msg"]
     assert "[1, 16, 1024] != [1, 16, 999]" in result["msg"]
+    cosine = next(g for g in result["gate_results"] if g["gate"] == "cosine_min")
+    assert cosine["passed"] and cosine["value"] == result["metrics"]["cosine"]
 
 
 def test_report_is_written_as_json(releases, tmp_path):
@@ -150,8 +152,9 @@ def test_reference_gates_need_a_reference(releases, tmp_path):
 
 
 def test_non_finite_metric_fails_its_gate():
-    failed = check_gates({"cosine": None, "mse": 0.0}, {"cosine_min": 0.9, "mse_max": 0.1})
-    assert failed == [{"gate": "cosine_min", "value": None, "limit": 0.9}]
+    results = evaluate_gates({"cosine": None, "mse": 0.0}, {"cosine_min": 0.9, "mse_max": 0.1})
+    assert results == [{"gate": "cosine_min", "value": None, "limit": 0.9, "passed": False},
+                       {"gate": "mse_max", "value": 0.0, "limit": 0.1, "passed": True}]
 
 
 @pytest.mark.parametrize("options, message", [
