@@ -39,8 +39,9 @@ syntax: venv
 	  $(BIN)/ansible-playbook -i $$inv --syntax-check $$p >/dev/null || { echo "syntax-check failed: $$p with $$inv"; exit 1; }; \
 	  done; echo "syntax-check ok with $$inv"; done
 
+# One run over every scenario: the lab is created once and destroyed once (shared_state).
 molecule: venv
-	@for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s || exit 1; done
+	$(BIN)/molecule test $(foreach s,$(SCENARIOS),-s $(s))
 
 lab: venv
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_up.yml
