@@ -13,7 +13,10 @@ SCENARIOS ?= lab default rollback failure
 
 .PHONY: venv test unit lint docs-check syntax molecule lab lab-down demo bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The Debian packages first (python3-venv, systemd-container, debootstrap...), only if one is missing.
+$(VENV)/.installed: pyproject.toml requirements-apt.txt
+	@xargs -a requirements-apt.txt dpkg -s >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive xargs -a requirements-apt.txt apt-get install -y -qq --no-install-recommends; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
