@@ -67,8 +67,7 @@ manifest_sha256: {description: sha256 of the manifest bytes (release ids use its
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run
-from ansible.module_utils.sarai_onnx.errors import SaraiError
+from ansible.module_utils.sarai_onnx.commands import run_module
 
 
 def main():
@@ -80,15 +79,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run("manifest", module.params, check_mode=module.check_mode)
-    except SaraiError as exc:
-        module.fail_json(msg=str(exc))
-    if not module._diff:
-        result.pop("diff", None)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    run_module(module, "manifest")
 
 
 if __name__ == "__main__":

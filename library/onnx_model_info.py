@@ -82,8 +82,7 @@ quantization_plan:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run
-from ansible.module_utils.sarai_onnx.errors import SaraiError
+from ansible.module_utils.sarai_onnx.commands import run_module
 
 
 def main():
@@ -96,11 +95,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run("info", module.params, check_mode=module.check_mode)
-    except SaraiError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **result)
+    run_module(module, "info")
 
 
 if __name__ == "__main__":

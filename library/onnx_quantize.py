@@ -162,8 +162,7 @@ msg: {description: Why the task changed or did not., returned: always, type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run
-from ansible.module_utils.sarai_onnx.errors import SaraiError
+from ansible.module_utils.sarai_onnx.commands import run_module
 
 
 def main():
@@ -187,13 +186,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    try:
-        result = run("quantize", module.params, check_mode=module.check_mode)
-    except SaraiError as exc:
-        module.fail_json(msg=str(exc))
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_module(module, "quantize")
 
 
 if __name__ == "__main__":

@@ -162,8 +162,7 @@ msg: {description: "Each failed gate with value and limit (e.g. C(gate speedup_m
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run
-from ansible.module_utils.sarai_onnx.errors import SaraiError
+from ansible.module_utils.sarai_onnx.commands import run_module
 
 
 def main():
@@ -193,13 +192,7 @@ def main():
         mutually_exclusive=[("inputs", "input_shapes")],
         supports_check_mode=True,
     )
-    try:
-        result = run("validate", module.params, check_mode=module.check_mode)
-    except SaraiError as exc:
-        module.fail_json(msg=str(exc))
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    run_module(module, "validate")
 
 
 if __name__ == "__main__":

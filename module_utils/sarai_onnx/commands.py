@@ -84,3 +84,18 @@ def run(command, params, check_mode=False):
     except OSError as exc:  # permissions, vanished files: say which file, not a traceback
         raise SaraiError(f"{command}: {exc.filename or ''}: {exc.strerror or exc}; "
                          "check the path and its permissions") from None
+
+
+def run_module(module, command):
+    """Run `command` with an AnsibleModule's params and end the module: one exit path for all four
+    modules (errors and failed results -> fail_json, diff only when asked)."""
+    try:
+        result = run(command, module.params, check_mode=module.check_mode)
+    except SaraiError as exc:
+        module.fail_json(msg=str(exc))
+    result.setdefault("changed", False)
+    if not module._diff:
+        result.pop("diff", None)
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
