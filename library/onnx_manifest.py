@@ -32,6 +32,22 @@ options:
   manifest:
     description: Manifest path. Default C(MANIFEST.sha256) in the directory (beside the model file).
     type: path
+  release_id:
+    description:
+      - With O(state=verified), the release the directory must be, C(<variant>-<sha12>). The sha256
+        of the manifest's bytes must start with its 12 hex digits, or the task fails naming the
+        manifest and both hashes before any file is checked. A manifest rewritten to match altered
+        files is refused this way.
+      - Default (unset) the directory's own name when it has that form, so C(releases/int8-0123456789ab)
+        is always checked against its name. Set it for a copy under a temporary name
+        (C(.int8-0123456789ab.partial-<token>)); set it to an empty string to skip the check.
+    type: str
+  manifest_sha256:
+    description:
+      - With O(state=verified), the full sha256 (64 hex digits) the manifest's bytes must have, e.g.
+        the RV(manifest_sha256) of the verified copy on the controller. Checked like O(release_id),
+        before any file.
+    type: str
 notes:
   - Supports check mode and diff mode (for O(state=present)).
 seealso:
@@ -44,6 +60,13 @@ EXAMPLES = r"""
     path: /opt/sarai/models/releases/int8-0123456789ab
     state: verified
 
+- name: Verify a copy in progress is the release the controller staged, then its files
+  onnx_manifest:
+    path: /opt/sarai/models/releases/.int8-0123456789ab.partial-20261123T101500Z
+    state: verified
+    release_id: int8-0123456789ab
+    manifest_sha256: 0123456789abf00d0123456789abf00d0123456789abf00d0123456789abf00d
+
 - name: Write a manifest for a hand-placed FP32 model and its data file
   onnx_manifest:
     path: /srv/sarai-build/models/onnx/agi_audio_core.onnx
@@ -53,7 +76,10 @@ EXAMPLES = r"""
 RETURN = r"""
 verified: {description: Whether every file matches (always true after O(state=present))., returned: always, type: bool}
 mismatches:
-  description: One entry per problem, with C(file), C(problem) (missing, extra, size, sha256), C(expected), C(actual).
+  description:
+    - One entry per problem, with C(file), C(problem) (missing, extra, size, sha256), C(expected), C(actual).
+    - A manifest that is not the release's gives one entry for C(MANIFEST.sha256) with problem
+      C(release_id) or C(manifest_sha256), and no file is checked.
   returned: always
   type: list
   elements: dict
@@ -64,6 +90,14 @@ files:
   elements: dict
 manifest_path: {description: Path of the manifest., returned: always, type: str}
 manifest_sha256: {description: sha256 of the manifest bytes (release ids use its first 12 hex digits)., returned: always, type: str}
+release_id:
+  description: The release id the manifest was checked against (given or taken from the directory name), or null.
+  returned: when O(state=verified)
+  type: str
+expected_manifest_sha256:
+  description: The full manifest sha256 checked against (O(manifest_sha256)), or null.
+  returned: when O(state=verified)
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -76,6 +110,8 @@ def main():
             path=dict(type="path", required=True),
             state=dict(type="str", default="verified", choices=["present", "verified"]),
             manifest=dict(type="path"),
+            release_id=dict(type="str"),
+            manifest_sha256=dict(type="str"),
         ),
         supports_check_mode=True,
     )

@@ -33,6 +33,7 @@ def _manifest(p, check_mode):
     from .manifest import manifest
 
     result = manifest(p["path"], state=p.get("state") or "verified", manifest=p.get("manifest"),
+                      release_id=p.get("release_id"), manifest_sha256=p.get("manifest_sha256"),
                       check_mode=check_mode)
     if not result["verified"]:
         result["failed"] = True
@@ -61,7 +62,7 @@ def _default(p, key, value):
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
     "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS),
-    "manifest": (_manifest, ("path", "state", "manifest")),
+    "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
                              "seed", "warmup", "runs", "gates", "fail_on_gate", "report") + GATE_OPTIONS),
 }

@@ -3,7 +3,7 @@
 import json
 import os
 
-from . import files
+from . import files, release
 from .errors import SaraiError
 
 
@@ -65,15 +65,22 @@ def write_manifest(path, manifest=None, check_mode=False):
                      "after_header": manifest_path, "after": text}}
 
 
-def verify_manifest(path, manifest=None):
-    """state=verified: every listed file present with the listed sha256, and nothing unlisted.
+def verify_manifest(path, manifest=None, release_id=None, manifest_sha256=None):
+    """state=verified: the manifest is the release's own, every listed file is present with the
+    listed sha256, and nothing is unlisted.
 
-    Sizes recorded in a quantization.json beside the manifest are checked first, so a truncated
-    copy is reported as such without hashing it.
+    The manifest is checked first against what the release is known to be (`manifest_sha256`, and
+    `release_id`, whose 12 hex digits start the manifest's sha256; by default the id is the
+    directory's name when it has the `<variant>-<12 hex>` form, "" turns that off): a manifest
+    rewritten to match changed files is refused before any file is trusted. Sizes recorded in a
+    quantization.json beside the manifest are checked next, so a truncated copy is reported as such
+    without hashing it.
     """
     path = os.path.abspath(path)
     if os.path.isdir(path):
         base, manifest_path, names = _targets(path, manifest)
+        if release_id is None and release.parse_release_id(os.path.basename(path)):
+            release_id = os.path.basename(path)
     else:
         # Do not require the model to parse: a damaged copy must still be reported as a mismatch.
         if not os.path.exists(path):
@@ -84,13 +91,42 @@ def verify_manifest(path, manifest=None):
             names = [os.path.relpath(p, base) for p in _model_files(path)]
         except SaraiError:
             names = [os.path.basename(path)]  # missing/truncated data shows up as a mismatch below
+    release_id, manifest_sha256 = release.expected_manifest(release_id, manifest_sha256)
     entries = files.parse_manifest(manifest_path)
-    sizes = _recorded_sizes(base)
-    listing, mismatches = files.verify_files(base, entries, expected_names=names, sizes=sizes)
     with open(manifest_path, "rb") as fh:
         manifest_sha = files.sha256_bytes(fh.read())
-    return {"changed": False, "path": path, "manifest_path": manifest_path, "files": listing,
-            "verified": not mismatches, "mismatches": mismatches, "manifest_sha256": manifest_sha}
+    result = {"changed": False, "path": path, "manifest_path": manifest_path, "manifest_sha256": manifest_sha,
+              "release_id": release_id, "expected_manifest_sha256": manifest_sha256}
+    wrong = release.identity_mismatch(manifest_sha, release_id, manifest_sha256)
+    if wrong:
+        return dict(result, files=[], verified=False, mismatches=[wrong])
+    listing, mismatches = files.verify_files(base, entries, expected_names=names, sizes=_recorded_sizes(base))
+    return dict(result, files=listing, verified=not mismatches, mismatches=mismatches)
+
+
+def release_dir_problems(path):
+    """Why directory `path` cannot be a whole release, without reading its data: [] when its
+    manifest is the one its name claims and every listed file is there with its recorded size.
+
+    A flipped byte passes this look (only hashing finds it); a copy cut short or a dir without its
+    manifest does not. Cleanup removes only dirs that fail it, so it never removes a release that
+    verifies.
+    """
+    path = os.path.abspath(path)
+    try:
+        base, manifest_path, names = _targets(path, None)
+        entries = files.parse_manifest(manifest_path)
+        with open(manifest_path, "rb") as fh:
+            manifest_sha = files.sha256_bytes(fh.read())
+    except (SaraiError, OSError) as exc:
+        return [str(exc)]
+    name = os.path.basename(path)
+    wrong = release.identity_mismatch(manifest_sha, name if release.parse_release_id(name) else None)
+    if wrong:
+        return [release.describe_identity_mismatch(wrong, manifest_path, name)]
+    _, mismatches = files.verify_files(base, entries, expected_names=names, sizes=_recorded_sizes(base),
+                                       hash_files=False)
+    return [files.describe_mismatch(m) for m in mismatches]
 
 
 def _recorded_sizes(base):
@@ -101,12 +137,20 @@ def _recorded_sizes(base):
         return {}
 
 
-def manifest(path, state="verified", manifest=None, check_mode=False):
+def manifest(path, state="verified", manifest=None, check_mode=False, release_id=None, manifest_sha256=None):
     if state == "present":
+        if release_id or manifest_sha256:
+            raise SaraiError("release_id and manifest_sha256 check an existing manifest: use them with "
+                             "state=verified, not state=present")
         return write_manifest(path, manifest=manifest, check_mode=check_mode)
     if state == "verified":
-        result = verify_manifest(path, manifest=manifest)
-        if not result["verified"]:
+        result = verify_manifest(path, manifest=manifest, release_id=release_id, manifest_sha256=manifest_sha256)
+        wrong = [m for m in result["mismatches"] if m["problem"] in ("release_id", "manifest_sha256")]
+        if wrong:
+            result["msg"] = (release.describe_identity_mismatch(wrong[0], result["manifest_path"], result["release_id"])
+                             + f" None of its files were checked: remove {result['path']} and copy the release "
+                             "again from the verified copy on the controller.")
+        elif not result["verified"]:
             result["msg"] = (f"{result['manifest_path']} does not verify: "
                              + "; ".join(files.describe_mismatch(m) for m in result["mismatches"])
                              + ". Copy the files again from the source.")

@@ -59,3 +59,38 @@ def ansible_adhoc(module, args, *extra, check=False):
     except ValueError:
         raise AssertionError(f"ansible printed no JSON: {proc.stdout}\n{proc.stderr}") from None
     return proc.returncode, out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def make_release(base, variant="int8", data_size=4096, seed=0):
+    """A release directory in the contract's layout, without onnx: random model/data bytes, a
+    quantization.json recording their sizes, MANIFEST.sha256; named `<variant>-<sha12>`.
+    Returns (release id, path, manifest sha256)."""
+    import random
+
+    from sarai_onnx import files
+
+    rng = random.Random(seed)
+    work = pathlib.Path(base) / f".build-{variant}-{seed}"
+    work.mkdir(parents=True)
+    model = f"agi_audio_core_{variant}.onnx"
+    blobs = {model: rng.randbytes(512), model + ".data": rng.randbytes(data_size)}
+    for name, blob in blobs.items():
+        (work / name).write_bytes(blob)
+    record = {"output": {"files": [{"name": n, "size": len(b)} for n, b in blobs.items()]}}
+    (work / "quantization.json").write_text(json.dumps(record))
+    listing = files.describe_files(str(work), sorted(os.listdir(work)))
+    text = files.manifest_text(listing).encode()
+    (work / files.MANIFEST_NAME).write_bytes(text)
+    digest = files.sha256_bytes(text)
+    release_id = f"{variant}-{digest[:12]}"
+    final = pathlib.Path(base) / release_id
+    work.rename(final)
+    return release_id, str(final), digest
+
+
+def flip_byte(path, offset=100):
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x01]))
