@@ -192,3 +192,22 @@ def test_check_mode_counts_leftovers_as_freed(server, monkeypatch):
 def test_bad_release_descriptions_are_refused(tmp_path, releases, words):
     with pytest.raises(PreflightError, match=words):
         preflight(str(tmp_path), releases=releases)
+
+
+def test_runs_through_ansible_and_needs_neither_numpy_nor_onnx(server):
+    # Servers run it with their system Python: the whole import chain must be the standard library.
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT, ansible_adhoc
+
+    code = ("import sys, ansible.module_utils as m; sys.modules.update(numpy=None, onnx=None, onnxruntime=None); "
+            f"m.__path__.append({str(ROOT / 'module_utils')!r}); import ansible.module_utils.sarai_disk_preflight")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rc, result = ansible_adhoc("sarai_disk_preflight", json.dumps({
+        "path": server["releases"], "remote_tmp": server["remote_tmp"], "protect": [server["running"][0]],
+        "remove_leftovers": True}), "--diff", check=True)
+    assert rc == 0 and result["changed"] and len(result["leftovers"]) == 4
+    assert os.path.isdir(server["partial"]) and os.path.isdir(server["old_tmp"])  # check mode
