@@ -23,7 +23,7 @@ options:
     description:
       - Which playbook the inputs are for. A C(rollback) only renders C(sarai.yaml) from the catalog, so
         it is refused only for what it reads (display_name, file, max_memory_mb, the variant asked
-        for, paths, groups): a typo in a gate never blocks a way back.
+        for, paths, groups); a typo in a gate never blocks a way back.
     type: str
     choices: [deploy, rollback]
     default: deploy
@@ -46,7 +46,7 @@ options:
     description: The variant a deploy ships, C(sarai_target_variant); required for a deploy.
     type: str
   reference_variant:
-    description: The FP32 reference, C(sarai_reference_variant); required for a deploy, must have method C(none).
+    description: The FP32 reference, C(sarai_reference_variant). Required for a deploy; its method must be C(none).
     type: str
   rollback_variant:
     description: The variant a rollback must land on, C(sarai_rollback_to); empty means any.
@@ -58,13 +58,14 @@ options:
     type: raw
   paths:
     description:
-      - Paths on the servers by variable name, e.g. C({sarai_root: /opt/sarai}). Each value is one path,
-        or a dict C({host: path}) when it differs per host. Each must be absolute, without C(..), not C(/).
+      - Paths on the servers by variable name (C(sarai_root), C(sarai_releases_dir), ...). Each value is one
+        path, or a dict of host name to path when it differs per host. Each must be absolute, without
+        C(..), and not C(/).
     type: dict
   keep:
     description:
-      - Keep counts by variable name (e.g. C(model_transfer_keep_releases)), each a whole number >= 1
-        or a dict C({host: count}).
+      - Keep counts by variable name (e.g. C(model_transfer_keep_releases)), each a whole number >= 1,
+        or a dict of host name to count.
     type: dict
   groups:
     description:
