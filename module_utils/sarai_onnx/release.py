@@ -12,19 +12,16 @@ from .errors import SaraiError
 
 # No '-' in a variant name: the id splits unambiguously at its last '-'.
 VARIANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_]*"
+_TOKEN = r"[A-Za-z0-9_.:@+-]+"  # the run's id in a partial copy's name, e.g. 20261123T101500Z
 RELEASE_ID = re.compile(rf"^(?P<variant>{VARIANT_PATTERN})-(?P<sha12>[0-9a-f]{{12}})$")
-PARTIAL_TOKEN = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
-PARTIAL_DIR = re.compile(rf"^\.(?P<id>{VARIANT_PATTERN}-[0-9a-f]{{12}})\.partial-(?P<token>[A-Za-z0-9_.:@+-]+)$")
+PARTIAL_TOKEN = re.compile(rf"^{_TOKEN}$")
+PARTIAL_DIR = re.compile(rf"^\.(?P<id>{VARIANT_PATTERN}-[0-9a-f]{{12}})\.partial-(?P<token>{_TOKEN})$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def release_id(variant, manifest_sha256):
-    return f"{variant}-{manifest_sha256[:12]}"
 
 
 def parse_release_id(value):
     """(variant, sha12) of a release id, or None when `value` does not have the form."""
-    match = RELEASE_ID.match(value or "")
+    match = RELEASE_ID.match(value) if isinstance(value, str) else None
     return (match.group("variant"), match.group("sha12")) if match else None
 
 

@@ -114,7 +114,7 @@ def test_release_dir_problems_checks_the_name(tmp_path):
 def test_release_names():
     assert release.parse_release_id("int8-0123456789ab") == ("int8", "0123456789ab")
     assert release.parse_release_id("my_int8-0123456789ab") == ("my_int8", "0123456789ab")
-    for bad in ("int8-0123456789a", "int-8-0123456789ab", ".int8-0123456789ab", "", None):
+    for bad in ("int8-0123456789a", "int-8-0123456789ab", ".int8-0123456789ab", "", None, 8):
         assert release.parse_release_id(bad) is None
     name = release.partial_dir_name("int8-0123456789ab", "20261123T101500Z")
     assert name == ".int8-0123456789ab.partial-20261123T101500Z"
