@@ -222,8 +222,8 @@ def _with_excluded(opts, ranking, count):
 def _exclusions(search, source_graph, base, ranking):
     """Keep the k most sensitive nodes in FP32: k doubled until it passes, then bisected down.
 
-    Returns the passing options with the fewest exclusions found, or None (the reason is raised
-    as _BudgetSpent when a limit stopped the search).
+    Returns the passing options with the fewest exclusions found; raises _BudgetSpent (naming the
+    limit) when none passed within the budget and the floor.
     """
     floor = search.budget["min_quantized_share"]
     allowed = 0  # the largest k whose planned byte share stays at or above the floor
