@@ -43,7 +43,8 @@ def quantizable_matmuls(model, opts):
 
 
 def capture_activations(src, model, feeds, names):
-    """{name: array} for intermediate tensors of the FP32 model, from one run on `feeds`."""
+    """{name: array} for intermediate tensors of the FP32 model, from one run on `feeds` (names that are
+    no tensor of the run, e.g. a constant, are left out)."""
     import onnxruntime as ort
 
     graph_only = onnx.ModelProto()
@@ -61,7 +62,7 @@ def capture_activations(src, model, feeds, names):
         raise SaraiError(f"onnxruntime could not run {src} to capture the MatMul inputs: {exc}") from None
     found = dict(zip((o.name for o in session.get_outputs()), values))
     found.update(feeds)
-    return {name: found[name] for name in names}
+    return {name: found[name] for name in names if name in found}
 
 
 def read_weight(tensor, base_dir):
@@ -116,10 +117,10 @@ def rank_matmuls(src, model, feeds, opts):
     base_dir = os.path.dirname(os.path.abspath(src))
     ranking = []
     for node, act, weight in candidates:
+        x = activations.get(act)
+        if x is None or x.dtype != np.float32 or x.shape[-1] != inits[weight].dims[0]:
+            continue  # not the float activation x float weight MatMul that dynamic INT8 rewrites
         w = read_weight(inits[weight], base_dir)
-        x = activations[act]
-        if x.dtype != np.float32 or x.shape[-1] != w.shape[0]:
-            continue  # not the float MatMul dynamic INT8 rewrites (e.g. a batched weight)
         x = x.reshape(-1, w.shape[0])
         local = compare({"y": x @ w}, {"y": activation_roundtrip(x) @ weight_roundtrip(w, opts)})
         ranking.append({"node": node, "weight": weight, "weight_bytes": int(w.nbytes),
