@@ -59,6 +59,7 @@ demo: venv
 
 bench: venv
 	$(BIN)/python benchmarks/quantize_variants.py
+	$(BIN)/python benchmarks/fidelity_search.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,6 +15,16 @@ description:
     into place; an older O(dest) is replaced only at that last step. Any failure leaves O(dest) as it was.
   - Idempotent - when C(dest/quantization.json) records the same source sha256, method and options
     and C(dest/MANIFEST.sha256) verifies, nothing is rewritten and the result is C(ok).
+  - With O(fidelity_target) (C(dynamic_int8) only), first searches for the options that keep the output
+    within the target of the FP32 source on the validation inputs - the requested options, then
+    C(per_channel), then the other weight type, then the most sensitive MatMuls kept in FP32 (ranked by
+    the error INT8 adds to each one's output) - within O(search_budget). Each trial is a real build in a
+    scratch directory measured with the metrics of M(onnx_validate). The release records the request
+    and the search, so a second run with the same source, options, target and inputs reuses it without
+    searching. When the budget is spent without meeting the target the task fails naming the best
+    trial, and O(dest) is left as it was.
+  - Warns (an Ansible warning) when the method quantizes less than half of the weight bytes, with the
+    share, where the bytes are and what to try.
   - Needs onnx, onnxruntime, onnx-ir and numpy on the target's Python.
 version_added: "0.1.0"
 author: sarai-deploy
@@ -85,7 +95,43 @@ options:
       - Directory for temporary files. C(dynamic_int8) needs about 2x the source size there (a private
         copy of the source, and onnxruntime's own FP32 copy); the other methods need little.
       - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first.
+      - The trials of a O(fidelity_target) search are built below it too (default beside O(dest)), one at a time.
     type: path
+  fidelity_target:
+    description:
+      - Fidelity the release must reach against the FP32 source, with the metrics of M(onnx_validate)
+        (all outputs flattened together). Searches for the options that reach it (see description).
+      - Set it tighter than the deploy gates, so small differences between the build host and the
+        servers (CPU kernels) cannot fail the gates there.
+      - Only with O(method=dynamic_int8). Unset, the module builds exactly the options given.
+    type: dict
+    suboptions:
+      cosine_min: {description: Lowest cosine similarity allowed., type: float}
+      mse_max: {description: Highest mean squared error allowed., type: float}
+      mae_max: {description: Highest mean absolute error allowed., type: float}
+  search_budget:
+    description: Limits of the O(fidelity_target) search. When one is reached before the target, the task fails.
+    type: dict
+    suboptions:
+      max_trials: {description: Builds measured at most (the first one included). Default 16., type: int}
+      max_seconds:
+        description: Wall time of the search; a trial that would likely end past it is not started. Default 3600.
+        type: float
+      min_quantized_share:
+        description: Share of the weight bytes that must stay quantized; the search keeps no more nodes in FP32. Default 0.5.
+        type: float
+  inputs:
+    description:
+      - Validation inputs of the O(fidelity_target) search - an C(.npz) file with one array per model input.
+      - Unset, inputs are generated as M(onnx_validate) does (seed 0) from O(input_shapes) and O(input_values);
+        give the same as validation on the servers so both measure the same thing.
+    type: path
+  input_shapes:
+    description: Input name -> full shape list for the generated search inputs (e.g. C(hidden_states) -> C([1, 64, 2048])).
+    type: dict
+  input_values:
+    description: Input name -> fixed value for integer and scalar inputs of the search (e.g. C(sr) -> C(16000)).
+    type: dict
 notes:
   - Method options left unset take the method's default named in their description (shown as
     C(null) above); setting an option of another method is an error.
@@ -117,6 +163,22 @@ EXAMPLES = r"""
     bits: 4
     block_size: 32
     nodes_to_exclude: [MatMul_lm_head]
+
+- name: Quantize to INT8, keeping in FP32 what it takes to stay within the target
+  onnx_quantize:
+    src: /srv/sarai-build/models/onnx/agi_audio_core.onnx
+    dest: /srv/sarai-build/out/int8
+    model_name: agi_audio_core_int8.onnx
+    method: dynamic_int8
+    fidelity_target: {cosine_min: 0.99, mse_max: 0.005, mae_max: 0.04}
+    search_budget: {max_trials: 12, max_seconds: 1800, min_quantized_share: 0.6}
+    input_shapes:
+      hidden_states: [1, 4, 2048]
+  register: int8_build
+
+- name: Show the line that pins the nodes found
+  ansible.builtin.debug:
+    msg: "{{ int8_build.pin_yaml }}"
 """
 
 RETURN = r"""
@@ -158,7 +220,42 @@ planned:
   description: In check mode when a build is due, the weights the method would rewrite (same keys as coverage).
   returned: check mode
   type: dict
-msg: {description: Why the task changed or did not., returned: always, type: str}
+msg: {description: Why the task changed or did not (with O(fidelity_target) - the trial chosen and the pin line)., returned: always, type: str}
+excluded_nodes:
+  description: With O(fidelity_target), the nodes the release keeps in FP32 (the requested ones and those the search added).
+  returned: with fidelity_target, success
+  type: list
+  elements: str
+fidelity:
+  description: With O(fidelity_target), what was asked and reached.
+  returned: with fidelity_target
+  type: dict
+  contains:
+    request: {description: "Options, target, budget and inputs (shapes, sha256) of the search; the idempotence key.", type: dict}
+    passed: {description: Whether a trial met the target., type: bool}
+    trial: {description: Number of the trial whose options were built., type: int}
+    reached: {description: "cosine, mse, mae and max_abs of that trial against FP32.", type: dict}
+    quantized_share: {description: Share of the weight bytes quantized in that trial., type: float}
+    search_s: {description: Seconds the search took., type: float}
+    ranking:
+      description: "The MatMuls ranked by sensitivity, most sensitive first (node, weight, weight_bytes, and the cosine,
+        mse, mae of its INT8 output against FP32); empty when no exclusion was needed."
+      type: list
+      elements: dict
+search:
+  description:
+    - With O(fidelity_target), every trial in order - C(trial), C(change) (what it changed), C(weight_type),
+      C(per_channel), C(reduce_range), C(excluded_count) (nodes added to the FP32 ones), C(cosine), C(mse), C(mae),
+      C(max_abs), C(quantized_share) (of the weight bytes), C(passed) and C(seconds).
+    - Also returned when the task fails, to show how close the search came.
+  returned: with fidelity_target
+  type: list
+  elements: dict
+pin_yaml:
+  description: The C(quantization) line for the variant catalog that rebuilds the chosen options without searching.
+  returned: with fidelity_target, success
+  type: str
+  sample: 'quantization: {method: dynamic_int8, weight_type: "QInt8", per_channel: false, reduce_range: false, nodes_to_exclude: ["MatMul_66"]}'
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -183,7 +280,15 @@ def main():
             symmetric=dict(type="bool"),
             accuracy_level=dict(type="int", choices=[0, 1, 2, 3, 4]),
             tmp_dir=dict(type="path"),
+            fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
+                                                           mae_max=dict(type="float"))),
+            search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
+                                                         min_quantized_share=dict(type="float"))),
+            inputs=dict(type="path"),
+            input_shapes=dict(type="dict"),
+            input_values=dict(type="dict"),
         ),
+        mutually_exclusive=[("inputs", "input_shapes")],
         supports_check_mode=True,
     )
     run_module(module, "quantize")

@@ -16,6 +16,16 @@ more than one weight tensor in memory. Same arguments + same seed -> byte-identi
 
 `--with-sample-rate` adds an int64 scalar input `sr`; logits are scaled by sr / 16000, so only
 the real sample rate (16000) reproduces the reference output.
+
+`--outliers N --outlier-scale S [--outlier-layers 0,2]` gives the MLPs of the listed layers (default:
+every layer) N "massive activation" channels, the pattern
+trained transformers show (a few FFN channels carry a near-constant value tens to hundreds of
+times larger than the rest, acting as a bias): up_proj's bias is S on those channels and
+down_proj's matching weight rows are divided by S, so the FP32 function stays well-conditioned
+while down_proj's input spans S times the usual range. Dynamic INT8 quantizes that input per
+tensor, so its other channels lose their resolution: default INT8 loses fidelity, and keeping
+the down_proj MatMuls in FP32 restores it. The outlier channels are chosen by their own seeded
+generator, so N = 0 leaves the model byte-identical to one built without the option.
 """
 
 import argparse
@@ -72,10 +82,12 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=f"{op}_{self.n}", **attrs))
         return out
 
-    def weight(self, name, shape, std):
+    def weight(self, name, shape, std, edit=None):
         # float32 straight from the generator: no float64 temporary for large tensors.
         arr = self.rng.standard_normal(shape, dtype=np.float32)
         arr *= np.float32(std)
+        if edit is not None:  # in place, after drawing: the generator's stream stays the same
+            edit(arr)
         self.inits.append(self.w.tensor(name, arr))
         return name
 
@@ -94,12 +106,12 @@ class _Graph:
         b = self.const(f"{prefix}.bias", np.zeros(hidden))
         return self.node("LayerNormalization", [x, g, b], axis=-1, epsilon=1e-5)
 
-    def linear(self, x, prefix, fan_in, fan_out, bias=True, out_std=None):
+    def linear(self, x, prefix, fan_in, fan_out, bias=True, out_std=None, edit_weight=None, edit_bias=None):
         std = out_std if out_std is not None else 1.0 / math.sqrt(fan_in)
-        y = self.node("MatMul", [x, self.weight(f"{prefix}.weight", (fan_in, fan_out), std)])
+        y = self.node("MatMul", [x, self.weight(f"{prefix}.weight", (fan_in, fan_out), std, edit_weight)])
         if bias:
             # Small non-zero biases so bias handling is exercised by quantizers.
-            y = self.node("Add", [y, self.weight(f"{prefix}.bias", (fan_out,), 0.02)])
+            y = self.node("Add", [y, self.weight(f"{prefix}.bias", (fan_out,), 0.02, edit_bias)])
         return y
 
 
@@ -108,19 +120,40 @@ def _onnx_dtype(array):
             np.dtype(np.int64): TensorProto.INT64}[array.dtype]
 
 
+def _outlier_edits(rng, ffn, count, scale):
+    """(edit of up_proj's bias, edit of down_proj's weight) for `count` massive-activation channels."""
+    channels = np.sort(rng.choice(ffn, size=count, replace=False))
+
+    def bias(arr):
+        arr[channels] = scale
+
+    def rows(arr):
+        arr[channels, :] /= scale
+
+    return bias, rows
+
+
 def build_talker_model(path, hidden=256, vocab=1024, layers=2, ffn=None, heads=None, seed=0,
-                       opset=17, with_sample_rate=False):
+                       opset=17, with_sample_rate=False, outliers=0, outlier_scale=100.0, outlier_layers=None):
     """Write `path` (+ `path`.data) and return a dict describing what was written."""
     ffn = ffn or 4 * hidden
     heads = heads or max(1, hidden // 64)
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if not 0 <= outliers <= ffn:
+        raise ValueError(f"outliers ({outliers}) must be between 0 and the MLP width ({ffn})")
+    if outliers and not outlier_scale > 1:
+        raise ValueError(f"outlier_scale ({outlier_scale}) must be > 1")
+    outlier_layers = sorted(set(range(layers) if outlier_layers is None else outlier_layers)) if outliers else []
+    if any(not 0 <= i < layers for i in outlier_layers):
+        raise ValueError(f"outlier_layers {outlier_layers} must be layer indices from 0 to {layers - 1}")
     head_dim = hidden // heads
     path = os.path.abspath(path)
     data_path = path + ".data"
     os.makedirs(os.path.dirname(path), exist_ok=True)
 
     rng = np.random.default_rng(seed)
+    outlier_rng = np.random.default_rng([seed, 1])  # its own stream: the weights stay the same
     writer = _ExternalWriter(data_path)
     g = _Graph(writer, rng)
     try:
@@ -150,11 +183,13 @@ def build_talker_model(path, hidden=256, vocab=1024, layers=2, ffn=None, heads=N
             x = g.node("Add", [x, attn])
 
             h = g.layer_norm(x, f"{p}.post_attention_layernorm", hidden)
-            up = g.linear(h, f"{p}.mlp.up_proj", hidden, ffn)
+            up_bias, down_rows = (_outlier_edits(outlier_rng, ffn, outliers, outlier_scale) if i in outlier_layers
+                                  else (None, None))
+            up = g.linear(h, f"{p}.mlp.up_proj", hidden, ffn, edit_bias=up_bias)
             # GELU(x) = 0.5 * x * (1 + erf(x / sqrt(2))): plain ops every runtime and converter know.
             erf = g.node("Erf", [g.node("Mul", [up, inv_sqrt2])])
             act = g.node("Mul", [g.node("Mul", [up, half]), g.node("Add", [erf, one])])
-            down = g.linear(act, f"{p}.mlp.down_proj", ffn, hidden, out_std=resid_std)
+            down = g.linear(act, f"{p}.mlp.down_proj", ffn, hidden, out_std=resid_std, edit_weight=down_rows)
             x = g.node("Add", [x, down])
 
         x = g.layer_norm(x, "final_layernorm", hidden)
@@ -178,8 +213,11 @@ def build_talker_model(path, hidden=256, vocab=1024, layers=2, ffn=None, heads=N
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="sarai-deploy make_talker_model", producer_version="1")
     model.ir_version = 8  # readable by every onnxruntime from 1.10 on
-    model.doc_string = json.dumps({"hidden": hidden, "vocab": vocab, "layers": layers, "ffn": ffn,
-                                   "heads": heads, "seed": seed, "with_sample_rate": with_sample_rate})
+    description = {"hidden": hidden, "vocab": vocab, "layers": layers, "ffn": ffn, "heads": heads, "seed": seed,
+                   "with_sample_rate": with_sample_rate}
+    if outliers:  # only when used, so models built without the option keep their exact bytes
+        description.update(outliers=outliers, outlier_scale=outlier_scale, outlier_layers=outlier_layers)
+    model.doc_string = json.dumps(description)
     # Tensors carry no raw_data (it is already in the data file), so this writes the graph only.
     with open(path, "wb") as fh:
         fh.write(model.SerializeToString())
@@ -203,10 +241,18 @@ def main(argv=None):
     ap.add_argument("--opset", type=int, default=17)
     ap.add_argument("--with-sample-rate", action="store_true",
                     help="add an int64 scalar input 'sr' that must be 16000")
+    ap.add_argument("--outliers", type=int, default=0,
+                    help="massive-activation channels per MLP, like trained transformers (default 0: none)")
+    ap.add_argument("--outlier-scale", type=float, default=100.0,
+                    help="their magnitude relative to the other channels (default 100)")
+    ap.add_argument("--outlier-layers", default=None,
+                    help="comma-separated indices of the layers that carry them (default: every layer)")
     a = ap.parse_args(argv)
+    layers = None if a.outlier_layers is None else [int(i) for i in a.outlier_layers.split(",") if i.strip()]
     info = build_talker_model(a.out, hidden=a.hidden, vocab=a.vocab, layers=a.layers, ffn=a.ffn,
                               heads=a.heads, seed=a.seed, opset=a.opset,
-                              with_sample_rate=a.with_sample_rate)
+                              with_sample_rate=a.with_sample_rate, outliers=a.outliers,
+                              outlier_scale=a.outlier_scale, outlier_layers=layers)
     print(json.dumps(info))
     return 0
 

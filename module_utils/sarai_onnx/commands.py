@@ -10,6 +10,8 @@ from .errors import SaraiError
 
 QUANTIZE_OPTIONS = ("weight_type", "per_channel", "reduce_range", "nodes_to_exclude", "op_types_to_quantize",
                     "keep_io_types", "bits", "block_size", "symmetric", "accuracy_level")
+# The fidelity search (sarai_onnx.fidelity): used only when fidelity_target is set.
+SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values")
 GATE_OPTIONS = ("cosine_min", "mse_max", "mae_max", "speedup_min", "p50_max_ms", "p99_max_ms", "rss_max_mb",
                 "expected_output_shapes")  # validate.GATES + SHAPES_GATE (a unit test keeps them equal)
 
@@ -22,11 +24,27 @@ def _info(p, check_mode):
 
 
 def _quantize(p, check_mode):
+    from .coverage import low_coverage_warning
+    from .model import load_graph
     from .quantize import quantize
 
-    return quantize(p["src"], p["dest"], method=p.get("method") or "dynamic_int8",
-                    model_name=p.get("model_name"), options={k: p.get(k) for k in QUANTIZE_OPTIONS},
-                    tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+    method = p.get("method") or "dynamic_int8"
+    options = {k: p.get(k) for k in QUANTIZE_OPTIONS}
+    if p.get("fidelity_target"):
+        from .fidelity import quantize_to_target
+
+        result = quantize_to_target(p["src"], p["dest"], method, options, p["fidelity_target"],
+                                    search_budget=p.get("search_budget"), inputs=p.get("inputs"),
+                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"),
+                                    model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+    else:
+        result = quantize(p["src"], p["dest"], method=method, model_name=p.get("model_name"), options=options,
+                          tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+    coverage = result.get("coverage") or result.get("planned")
+    warning = coverage and low_coverage_warning(load_graph(p["src"]), result["method"], result["options"], coverage)
+    if warning:
+        result["warnings"] = [warning]
+    return result
 
 
 def _manifest(p, check_mode):
@@ -61,7 +79,7 @@ def _default(p, key, value):
 
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
-    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS),
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
                              "seed", "warmup", "runs", "gates", "fail_on_gate", "report") + GATE_OPTIONS),
@@ -89,11 +107,13 @@ def run(command, params, check_mode=False):
 
 def run_module(module, command):
     """Run `command` with an AnsibleModule's params and end the module: one exit path for all four
-    modules (errors and failed results -> fail_json, diff only when asked)."""
+    modules (errors and failed results -> fail_json, warnings through module.warn, diff only when asked)."""
     try:
         result = run(command, module.params, check_mode=module.check_mode)
     except SaraiError as exc:
         module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     result.setdefault("changed", False)
     if not module._diff:
         result.pop("diff", None)

@@ -113,14 +113,20 @@ def _check_space(path, needed, what):
                          f"have {free >> 20} MiB; free some space or set tmp_dir to a larger disk")
 
 
-def _existing_release(dest, source, method, opts, model_name):
+def extra_of(record):
+    """The keys a caller added to the record with extra_record (part of the idempotence key)."""
+    return {k: record.get(k) for k in record.get("extra_keys", [])}
+
+
+def _existing_release(dest, source, method, opts, model_name, extra):
     """The recorded quantization when dest already holds this exact build and still verifies."""
     record_path = os.path.join(dest, RECORD_NAME)
     try:
         with open(record_path) as fh:
             record = json.load(fh)
         same = (record["source"]["sha256"] == source["sha256"] and record["method"] == method
-                and record["options"] == opts and record["output"]["model_name"] == model_name)
+                and record["options"] == opts and record["output"]["model_name"] == model_name
+                and extra_of(record) == extra)
     except (OSError, ValueError, KeyError, TypeError):
         return None, "no readable quantization.json in dest"
     if not same:
@@ -259,9 +265,14 @@ def load_check(path):
 # ---------------------------------------------------------------- the entry point
 
 def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tmp_dir=None,
-             check_mode=False):
-    """Quantize `src` into the release directory `dest`. Returns the result dict (see RETURN docs)."""
+             check_mode=False, extra_record=None):
+    """Quantize `src` into the release directory `dest`. Returns the result dict (see RETURN docs).
+
+    extra_record: more top-level keys for quantization.json (JSON values, e.g. the fidelity search);
+    they are part of the idempotence key, so a release is reused only when its record holds the same.
+    """
     started = time.perf_counter()
+    extra = json.loads(json.dumps(extra_record or {}))  # as it will read back from the file
     method, opts = normalize_options(method, options)
     src, dest = os.path.abspath(src), os.path.abspath(dest)
     source_graph = load_graph(src)
@@ -272,7 +283,7 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
         raise SaraiError(f"tmp_dir {tmp_dir} is not a directory: create it or leave tmp_dir unset")
     source = describe_model_files(src_files)
 
-    record, reason = _existing_release(dest, source, method, opts, model_name)
+    record, reason = _existing_release(dest, source, method, opts, model_name, extra)
     if record:
         return _result(False, dest, record, reason, time.perf_counter() - started)
     if check_mode:
@@ -332,6 +343,8 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
             "duration_s": round(quantize_s, 3),
             **env.provenance(),
         }
+        if extra:
+            record.update(extra, extra_keys=sorted(extra))
         files.write_json_atomic(os.path.join(out_dir, RECORD_NAME), record)
         listing = files.describe_files(out_dir, os.listdir(out_dir))
         manifest = files.manifest_text(listing)

@@ -36,6 +36,19 @@ def talker_sr(tmp_path_factory):
     return str(path)
 
 
+# A tiny talker whose layer-1 MLP carries 2 massive-activation channels (tools/make_talker_model.py):
+# default dynamic INT8 loses fidelity on it, keeping that layer's down_proj in FP32 restores it.
+OUTLIERS = dict(hidden=64, vocab=128, layers=2, seed=0, outliers=2, outlier_scale=1000.0, outlier_layers=[1])
+
+
+@pytest.fixture(scope="session")
+def talker_outliers(tmp_path_factory):
+    """Path of the shared tiny outlier model (read-only)."""
+    path = tmp_path_factory.mktemp("outliers") / "agi_audio_core.onnx"
+    build_talker_model(str(path), **OUTLIERS)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def releases(talker, tmp_path_factory):
     """Release dirs built once: {method: quantize() result}."""

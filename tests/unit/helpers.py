@@ -13,6 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHAPES = {"hidden_states": [1, 16, 256]}
+OUTLIER_SHAPES = {"hidden_states": [1, 16, 64]}  # inputs of the talker_outliers fixture
 
 
 def snapshot(path):
@@ -25,8 +26,10 @@ def snapshot(path):
 
 def run_module(name, args, capsys):
     """Run library/<name>.py in-process with patched args; returns (exit code, result dict)."""
+    from ansible.module_utils.common import warnings as module_warnings
     from ansible.module_utils.testing import patch_module_args
 
+    module_warnings._global_warnings.clear()  # Ansible runs each module in a fresh process
     spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

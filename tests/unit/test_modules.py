@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from helpers import ROOT, SHAPES, ansible_adhoc, run_module, snapshot
+from helpers import OUTLIER_SHAPES, ROOT, SHAPES, ansible_adhoc, run_module, snapshot
 
 
 def test_model_info_module_reports_signature_files_and_plan(talker, capsys):
@@ -124,3 +124,72 @@ def test_ansible_cli_manifest_detects_flipped_byte(releases, tmp_path):
         fh.write(bytes([b[0] ^ 0x01]))
     rc, r = ansible_adhoc("onnx_manifest", f"path={dest} state=verified")
     assert rc != 0 and r["failed"] and r["mismatches"][0]["file"] == "agi_audio_core_int8.onnx.data"
+
+
+# ---------------------------------------------------------------- fidelity search and low coverage
+
+def test_quantize_module_searches_for_the_target_then_reuses_it(talker_outliers, tmp_path, capsys):
+    args = {"src": talker_outliers, "dest": str(tmp_path / "int8"), "model_name": "m_int8.onnx",
+            "fidelity_target": {"cosine_min": 0.98, "mse_max": None, "mae_max": None},
+            "search_budget": {"max_trials": 8, "max_seconds": None, "min_quantized_share": None},
+            "input_shapes": OUTLIER_SHAPES}
+    code, r = run_module("onnx_quantize", args, capsys)
+    assert code == 0 and r["changed"] and r["fidelity"]["passed"] and len(r["excluded_nodes"]) == 1
+    assert r["pin_yaml"].startswith("quantization: {method: dynamic_int8,") and r["excluded_nodes"][0] in r["pin_yaml"]
+    assert r["fidelity"]["request"]["budget"] == {"max_trials": 8, "max_seconds": 3600.0, "min_quantized_share": 0.5}
+    assert "Pin it with: quantization:" in r["msg"] and "warnings" not in r
+    code, again = run_module("onnx_quantize", args, capsys)
+    assert code == 0 and not again["changed"] and again["search"] == r["search"]
+
+
+def test_quantize_module_fails_when_the_budget_is_spent(talker_outliers, tmp_path, capsys):
+    code, r = run_module("onnx_quantize", {"src": talker_outliers, "dest": str(tmp_path / "int8"),
+                                           "fidelity_target": {"cosine_min": 0.98},
+                                           "search_budget": {"max_trials": 1}, "input_shapes": OUTLIER_SHAPES}, capsys)
+    assert code == 1 and r["failed"] and "max_trials 1 reached" in r["msg"] and len(r["search"]) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def _conv_only_model(path):
+    """A tiny Conv1d audio front end: no MatMul at all."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.standard_normal((32, 16, 3)).astype(np.float32), "conv1.weight")
+    w2 = onnx.numpy_helper.from_array(rng.standard_normal((32, 32, 3)).astype(np.float32), "conv2.weight")
+    nodes = [helper.make_node("Conv", ["audio", "conv1.weight"], ["h"], name="conv1", pads=[1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "conv2.weight"], ["features"], name="conv2", pads=[1, 1])]
+    graph = helper.make_graph(nodes, "frontend", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 16, 50])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 32, 50])],
+                              initializer=[w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_low_coverage_is_an_ansible_warning_naming_share_and_what_to_try(tmp_path, capsys):
+    src = _conv_only_model(tmp_path / "frontend.onnx")
+    code, r = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits"},
+                         capsys)
+    assert code == 0 and r["coverage"]["byte_share"] == 0.0
+    (warning,) = [w["event"]["msg"] for w in r["warnings"]]  # ansible-core 2.19 ships warnings as events
+    assert "matmul_nbits quantizes only 0.0% of the weight bytes" in warning and "0 of 2 weight tensors" in warning
+    assert "feed Conv 100%" in warning and "ConvInteger" in warning and "method fp16" in warning
+    code, planned = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int8"),
+                                                 "op_types_to_quantize": ["MatMul"], "_ansible_check_mode": True},
+                               capsys)
+    assert code == 0 and "dynamic_int8 quantizes only 0.0%" in planned["warnings"][0]["event"]["msg"]  # before building
+    code, conv = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "conv8")}, capsys)
+    assert code == 0 and conv["coverage"]["byte_share"] == 1.0 and "warnings" not in conv  # ConvInteger by default
+
+
+def test_low_coverage_warning_reaches_ansible_and_the_cli(tmp_path):
+    src = _conv_only_model(tmp_path / "frontend.onnx")
+    rc, r = ansible_adhoc("onnx_quantize", f"src={src} dest={tmp_path / 'int4'} method=matmul_nbits")
+    assert rc == 0 and any("quantizes only 0.0% of the weight bytes" in str(w) for w in r["warnings"]), r
+    rc, r = _cli("quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits"}, tmp_path)
+    assert rc == 0 and not r["changed"] and "quantizes only 0.0%" in r["warnings"][0]
