@@ -36,7 +36,7 @@ unit-slow: venv
 # The AWX/AAP execution environment definition: ansible-builder writes its build context (no image).
 ee-check: venv
 	@ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && \
-	  $(BIN)/ansible-builder create -f execution-environment.yml -c "$$ctx" >/dev/null && \
+	  $(BIN)/ansible-builder create -f execution-environment.yml -c "$$ctx" --output-filename Containerfile >/dev/null && \
 	  test -s "$$ctx/Containerfile" && echo "ansible-builder create ok: execution-environment.yml"
 
 lint: venv

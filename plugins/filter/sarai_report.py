@@ -412,7 +412,7 @@ def search_svg(record, cosine_min=None):
     if not rows:
         return ""
     gate = cosine_min if _is_num(cosine_min) else None
-    left, right, top, bottom = 64, WIDTH - 64, 40, 230
+    left, right, top, bottom = 64, WIDTH - 84, 40, 230
     low = min([r["cosine"] for r in rows] + ([gate] if gate is not None else []))
     c_ticks = _ticks(max(-1.0, low - (1.0 - low) * 0.15), 1.0, 4)
     if c_ticks[-1] > 1.0:

@@ -130,6 +130,25 @@ def render(template, result, release, reference, record=None, host="agi1"):
                             overrides={"trim_blocks": True, "lstrip_blocks": False, "newline_sequence": "\n"})
 
 
+def render_fleet(hosts, release):
+    """Render fleet.html.j2 as tasks/fleet.yml does, for a summary written to /srv/reports/fleet/<release>/."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import filter_loader
+    from ansible.template import Templar, trust_as_template
+
+    filter_loader.add_directory(str(ROOT / "plugins" / "filter"))
+    loader = DataLoader()
+    variables = {"ansible_version": {"full": "2.19.0"}, "model_validate_fleet_release": release,
+                 "model_validate_fleet_hosts": hosts,
+                 "model_validate_fleet_report": {"release": release, "created_utc": "2026-11-23T20:00:00Z", "files": {
+                     ext: f"/srv/reports/fleet/{release}/20261123T200000Z.{ext}" for ext in ("json", "md", "html")}}}
+    templar = Templar(loader=loader, variables=variables).copy_with_new_env(
+        searchpath=[str(ROLE / "templates")], available_variables=variables)
+    source = trust_as_template((ROLE / "templates" / "fleet.html.j2").read_text())
+    return templar.template(source, escape_backslashes=False,
+                            overrides={"trim_blocks": True, "lstrip_blocks": False, "newline_sequence": "\n"})
+
+
 def _stamp(result):
     return result["created_utc"].replace("-", "").replace(":", "")
 
@@ -213,9 +232,10 @@ def written(validated, tmp_path_factory):
                 "test_fleet_base": {"status": status, "release_before": fp32["id"], "release_after": after}}
 
     hosts = {"agi1": host(int8, ["agi1-run1", "agi1-run2"], "passed", int8["id"]),
-             "agi2": host(fp32, ["agi2-run1"], "unchanged", fp32["id"])}
+             "agi2": host(fp32, ["agi2-run1"], None, None)}  # the FP32 release on its own: not in this rollout
     for name, h in hosts.items():
         h["test_fleet_base"]["host"] = name
+    hosts["agi2"]["test_fleet_base"] = None
     inventory = {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
                  "model_validate_reports_dir": str(base / "reports"), "test_fleet_release": int8["id"]},
@@ -269,18 +289,42 @@ def test_rollout_summary_links_each_host_report(written):
     names = sorted(os.listdir(directory))
     assert len(names) == 6 and {"latest.json", "latest.md", "latest.html"} <= set(names)
     summary = json.loads((directory / "latest.json").read_text())
-    assert [h["host"] for h in summary["hosts"]] == ["agi1", "agi2", "agi4"]
+    assert [h["host"] for h in summary["hosts"]] == ["agi1", "agi4"]
     assert summary["hosts"][0]["validation"]["metrics"] == written["runs"]["agi1"][1]["metrics"]
     page = (directory / "latest.html").read_text()
-    assert 'class="verdict fail"' in page and "2 of 3 host(s) on the new release, 1 not reached." in page
+    assert 'class="verdict fail"' in page and "1 of 2 host(s) on the new release, 1 not reached." in page
     links = re.findall(r'<a href="([^"]+)"', page)
     assert [(directory / link).resolve() for link in links] == [
-        _dir(written, "agi1", "int8") / f"{_stamp(written['runs']['agi1'][1])}.html",
-        _dir(written, "agi2", "fp32") / f"{_stamp(written['runs']['agi2'][0])}.html"]
+        _dir(written, "agi1", "int8") / f"{_stamp(written['runs']['agi1'][1])}.html"]
     assert "not reached: the rollout stopped after agi3" in page and page.count("<svg") == 1
     md = (directory / "latest.md").read_text()
-    assert "**Verdict: FAILED** — 2 of 3 host(s) on the new release" in md
+    assert "**Verdict: FAILED** — 1 of 2 host(s) on the new release" in md
     assert "| agi4 | not_reached |" in md and "| agi1 | passed |" in md
+
+
+def test_rollout_summary_colours_each_outcome(validated):
+    """A canary that failed its gate and was rolled back, one that passed, one never reached."""
+    int8, fp32 = validated["int8"], validated["fp32"]
+
+    def report(host, result):
+        return {"host": host, "release": int8["id"], "variant": "int8", "reference": fp32["id"],
+                "created_utc": result["created_utc"], "passed": result["passed"], "msg": result["msg"],
+                "failed_gates": result["failed_gates"], "metrics": result["metrics"],
+                "reference_metrics": result["reference_metrics"],
+                "files": {ext: f"/srv/reports/{host}/{int8['id']}/{_stamp(result)}.{ext}" for ext in ("json", "md", "html")}}
+
+    hosts = [{"host": "agi3", "status": "rolled_back", "release_before": fp32["id"], "release_after": fp32["id"],
+              "validation": report("agi3", validated["runs"]["agi3"][0])},
+             {"host": "agi1", "status": "passed", "release_before": fp32["id"], "release_after": int8["id"],
+              "validation": report("agi1", validated["runs"]["agi1"][1])},
+             {"host": "agi4", "status": "not_reached", "release_before": fp32["id"], "release_after": fp32["id"]}]
+    page = render_fleet(hosts, int8["id"])
+    rows = re.findall(r'<tr class="(\w+)">\s*<td><strong>(\w+)</strong>', page)
+    assert rows == [("fail", "agi3"), ("pass", "agi1"), ("skip", "agi4")]
+    assert "1 of 3 host(s) on the new release, 1 rolled back, 1 not reached." in page
+    assert "failed: speedup_min" in page and "<span class=\"why\">not validated</span>" in page
+    assert re.findall(r'<a href="([^"]+)"', page) == [f"../../agi3/{int8['id']}/{_stamp(validated['runs']['agi3'][0])}.html",
+                                                      f"../../agi1/{int8['id']}/{_stamp(validated['runs']['agi1'][1])}.html"]
 
 
 @pytest.mark.slow
