@@ -180,7 +180,7 @@ def test_markdown_has_time_versions_hashes_and_the_measurements(validated):
     assert f"| P50 latency | {r['p50_ms']:.2f} ms | {m['p50_ms']:.2f} ms |" in md
     assert f"| `cosine_min` | cosine ≥ 0.980000 | {m['cosine']:.6f} | passed |" in md
     assert "## Accuracy search at build time" in md and "| 4 | keep 3 FFN outputs in FP32 | 3 | 0.990400 |" in md
-    assert "Kept in FP32: 3 node(s)" in md and "100.0% of the weight bytes quantized" in md
+    assert "13 weight tensors)\n- Kept in FP32: 3 node(s)" in md and "100.0% of the weight bytes quantized" in md
 
 
 def test_failed_gate_is_shown_failed_in_both_formats(validated):
