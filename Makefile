@@ -11,7 +11,7 @@ MODULES := $(basename $(notdir $(wildcard library/*.py)))
 PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
 SCENARIOS ?= lab default rollback failure
 
-.PHONY: venv test unit lint docs-check syntax molecule lab lab-down demo bench clean
+.PHONY: venv test unit unit-slow lint docs-check syntax ee-check molecule lab lab-down demo bench clean
 
 # The Debian packages first (python3-venv, systemd-container, debootstrap...), only if one is missing.
 $(VENV)/.installed: pyproject.toml requirements-apt.txt
@@ -24,10 +24,20 @@ $(VENV)/.installed: pyproject.toml requirements-apt.txt
 
 venv: $(VENV)/.installed
 
-test: venv lint docs-check syntax unit molecule
+test: venv lint docs-check syntax ee-check unit unit-slow molecule
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -m "not slow" tests/unit
+
+# The report tasks through ansible-playbook on this machine and the page in headless Chromium.
+unit-slow: venv
+	$(BIN)/pytest -q -m slow tests/unit
+
+# The AWX/AAP execution environment definition: ansible-builder writes its build context (no image).
+ee-check: venv
+	@ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && \
+	  $(BIN)/ansible-builder create -f execution-environment.yml -c "$$ctx" --output-filename Containerfile >/dev/null && \
+	  test -s "$$ctx/Containerfile" && echo "ansible-builder create ok: execution-environment.yml"
 
 lint: venv
 	$(BIN)/ansible-lint --profile production --strict -q

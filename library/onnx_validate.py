@@ -94,6 +94,13 @@ options:
   report:
     description: Write the full result as JSON to this path (atomically; not in check mode).
     type: path
+  progress_file:
+    description:
+      - While it runs, keep this JSON file up to date (replaced atomically, at most about once a second)
+        with C({phase, runs_done, runs_total, elapsed_s}); O(phase) is C(load), C(warmup), C(timed), then C(compare).
+      - Meant for an C(async) task whose C(async_status) loop shows the operator how far it is.
+        Its directory must exist. Written in check mode too (a log of the run, not a result).
+    type: path
 notes:
   - Read-only apart from O(report); supports check mode (measures, writes no report).
   - peak_rss_mb is the measuring child's peak resident set (Linux VmHWM) - interpreter, onnxruntime,
@@ -157,6 +164,11 @@ failed_gates:
 passed: {description: Whether every gate passed., returned: always, type: bool}
 gates: {description: The checked gate limits., returned: always, type: dict}
 inputs: {description: Input name -> shape and dtype used., returned: always, type: dict}
+latency_samples_ms:
+  description: Every timed run (ms) in the order measured, C(model) and C(reference) (null without O(reference)).
+  returned: always
+  type: dict
+  sample: {model: [11.2, 11.5, 11.4], reference: [31.9, 32.4, 31.7]}
 report: {description: Path of the written report, or null., returned: always, type: str}
 msg: {description: "Each failed gate with value and limit (e.g. C(gate speedup_min failed: 1.12 < 2)), or a pass summary.", returned: always, type: str}
 """
@@ -188,6 +200,7 @@ def main():
             expected_output_shapes=dict(type="dict"),
             fail_on_gate=dict(type="bool", default=True),
             report=dict(type="path"),
+            progress_file=dict(type="path"),
         ),
         mutually_exclusive=[("inputs", "input_shapes")],
         supports_check_mode=True,

@@ -67,7 +67,7 @@ def _validate(p, check_mode):
                       inputs=p.get("inputs"), input_shapes=p.get("input_shapes"),
                       input_values=p.get("input_values"), seed=_default(p, "seed", 0),
                       warmup=_default(p, "warmup", 3), runs=_default(p, "runs", 20), gates=gates,
-                      report=p.get("report"), check_mode=check_mode)
+                      report=p.get("report"), progress_file=p.get("progress_file"), check_mode=check_mode)
     if result["failed_gates"] and _default(p, "fail_on_gate", True):
         result["failed"] = True
     return result
@@ -82,7 +82,8 @@ COMMANDS = {
     "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
-                             "seed", "warmup", "runs", "gates", "fail_on_gate", "report") + GATE_OPTIONS),
+                             "seed", "warmup", "runs", "gates", "fail_on_gate", "report", "progress_file")
+                 + GATE_OPTIONS),
 }
 REQUIRED = {"info": ("path",), "quantize": ("src", "dest"), "manifest": ("path",), "validate": ("model",)}
 

@@ -30,6 +30,7 @@ from . import env, files
 from .errors import SaraiError
 from .inputs import generate_inputs, load_npz
 from .model import graph_inputs, load_graph, model_files
+from .progress import Progress
 from .session import make_session, normalize_session_options
 
 # gate -> (metric, comparison, needs a reference, lowest allowed limit, highest allowed limit)
@@ -158,7 +159,7 @@ def _peak_rss_mb():
 
 
 def _worker_main(model, session_options, names, inputs_path, outputs_path, warmup, conn):
-    """Child: load the model, run once, then serve ("run", n) requests until ("stop",)."""
+    """Child: load the model, run once (reply), warm up (reply), then serve ("run", n) until ("stop",)."""
     try:
         baseline = _rss_mb("VmRSS")
         with np.load(inputs_path, allow_pickle=False) as data:  # arrays by position: any input name works
@@ -170,10 +171,11 @@ def _worker_main(model, session_options, names, inputs_path, outputs_path, warmu
         outputs = session.run(None, feeds)
         first_s = time.perf_counter() - t0
         np.savez(outputs_path, *outputs)
-        for _ in range(warmup):
-            session.run(None, feeds)
         conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "baseline_rss_mb": baseline,
                    "output_names": [o.name for o in session.get_outputs()]})
+        for _ in range(warmup):
+            session.run(None, feeds)
+        conn.send({"ok": True})  # warm: ready for timed runs
         while True:
             command = conn.recv()
             if command[0] != "run":
@@ -194,7 +196,7 @@ def _worker_main(model, session_options, names, inputs_path, outputs_path, warmu
 class _Worker:
     """Parent side of one measuring process."""
 
-    def __init__(self, ctx, model, session_options, feeds, warmup, workdir, tag):
+    def __init__(self, ctx, model, session_options, feeds, warmup, workdir, tag, progress):
         self.model = model
         names = list(feeds)
         inputs_path = os.path.join(workdir, f"{tag}-inputs.npz")
@@ -206,6 +208,8 @@ class _Worker:
         self.proc.start()
         child_conn.close()  # so recv() sees EOF if the child dies without answering
         self.ready = self._ask(None)
+        progress.update("warmup", runs_done=0)
+        self._ask(None)
         self.times = []
 
     def _ask(self, command):
@@ -254,23 +258,29 @@ class _Worker:
         self.proc.join()
 
 
-def measure(models, session_options, warmup, runs, workdir):
-    """[(metrics, outputs)] for [(path, feeds)], each model in its own fresh process.
+def measure(models, session_options, warmup, runs, workdir, progress=None):
+    """[(metrics, outputs, times_ms)] for [(path, feeds)], each model in its own fresh process.
 
     With two models the timed runs alternate in rounds (A B B A ...), so load from other work on
-    the machine falls on both alike and the speedup stays meaningful on a busy host.
+    the machine falls on both alike and the speedup stays meaningful on a busy host. `progress`
+    (a progress.Progress) hears of each phase and of the timed runs done after each round.
     """
+    progress = progress or Progress(None)
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     workers = []
     try:
         for i, (path, feeds) in enumerate(models):
-            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}"))
+            progress.update("load", runs_done=0)
+            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}", progress))
         rounds = min(runs, 10)
+        done = 0
         for r in range(rounds):
             count = runs // rounds + (1 if r < runs % rounds else 0)
             for w in (workers if r % 2 == 0 else workers[::-1]):
                 w.run(count)
-        return [w.finish() for w in workers]
+                done += count
+                progress.update("timed", runs_done=done)
+        return [w.finish() + (list(w.times),) for w in workers]
     finally:
         for w in workers:
             w.kill()
@@ -306,6 +316,20 @@ def compare(reference, outputs):
 
 # ---------------------------------------------------------------- the entry point
 
+def _output_path(option, path):
+    """Absolute path of a file validate writes; its directory must exist (checked before measuring)."""
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.dirname(path)):
+        raise SaraiError(f"{option} {path}: directory {os.path.dirname(path)} does not exist; create it first")
+    return path
+
+
+def _samples(times):
+    return [round(t, 3) for t in times]
+
+
 def _feeds_for(path, signature, inputs):
     """Inputs cast to what this model declares (an fp16-io model takes float16 of the same values)."""
     feeds = {}
@@ -318,11 +342,14 @@ def _feeds_for(path, signature, inputs):
 
 
 def validate(model, reference=None, session_options=None, inputs=None, input_shapes=None,
-             input_values=None, seed=0, warmup=3, runs=20, gates=None, report=None, check_mode=False):
+             input_values=None, seed=0, warmup=3, runs=20, gates=None, report=None, progress_file=None,
+             check_mode=False):
     """Measure `model` (and `reference`), compare, and check gates. Returns the result dict.
 
     Gate failures are returned in `failed_gates` (the caller decides whether they fail the task);
-    bad arguments and models that do not load raise SaraiError.
+    bad arguments and models that do not load raise SaraiError. `progress_file` receives
+    {phase: load|warmup|timed|compare, runs_done, runs_total, elapsed_s} while it runs, also in
+    check mode (it is a log of this run, not a result).
     """
     if not isinstance(warmup, int) or warmup < 0:
         raise SaraiError(f"warmup={warmup!r} must be an integer >= 0")
@@ -340,10 +367,8 @@ def validate(model, reference=None, session_options=None, inputs=None, input_sha
         ref_graph = load_graph(reference)
         model_files(reference, ref_graph)
         ref_signature = graph_inputs(ref_graph)
-    if report:
-        report = os.path.abspath(report)
-        if not os.path.isdir(os.path.dirname(report)):
-            raise SaraiError(f"report {report}: directory {os.path.dirname(report)} does not exist; create it first")
+    report = _output_path("report", report)
+    progress_file = _output_path("progress_file", progress_file)
     if inputs:
         feeds = load_npz(inputs, signature)
     else:
@@ -352,16 +377,18 @@ def validate(model, reference=None, session_options=None, inputs=None, input_sha
     models = [(model, feeds)]
     if reference:
         models.append((reference, _feeds_for(reference, ref_signature, feeds)))
+    progress = Progress(progress_file, runs_total=runs * len(models))
     workdir = tempfile.mkdtemp(prefix="sarai-validate-")
     try:
         with env.stdout_to_stderr():
-            measured = measure(models, session_options, warmup, runs, workdir)
+            measured = measure(models, session_options, warmup, runs, workdir, progress)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    metrics, outputs = measured[0]
-    ref_metrics = None
+    progress.update("compare", force=True, runs_done=runs * len(models))
+    metrics, outputs, times = measured[0]
+    ref_metrics, ref_times = None, None
     if reference:
-        ref_metrics, ref_outputs = measured[1]
+        ref_metrics, ref_outputs, ref_times = measured[1]
         metrics.update(compare(ref_outputs, outputs))
         metrics["speedup"] = round(ref_metrics["p50_ms"] / metrics["p50_ms"], 4) if metrics["p50_ms"] else None
         metrics["size_ratio"] = round(metrics["size_bytes"] / ref_metrics["size_bytes"], 4)
@@ -374,6 +401,8 @@ def validate(model, reference=None, session_options=None, inputs=None, input_sha
         "gate_results": gate_results, "failed_gates": failed, "passed": not failed, "seed": seed, "warmup": warmup, "runs": runs,
         "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in feeds.items()},
         "input_source": inputs or "generated",
+        # Every timed run in the order measured, for distribution charts (metrics hold the summary).
+        "latency_samples_ms": {"model": _samples(times), "reference": _samples(ref_times) if reference else None},
         "msg": "; ".join(describe_failure(f) for f in failed) if failed
         else f"{len(gates)} gate(s) passed",
         "report": report,

@@ -29,12 +29,21 @@ def run_module(name, args, capsys):
     from ansible.module_utils.common import warnings as module_warnings
     from ansible.module_utils.testing import patch_module_args
 
-    module_warnings._global_warnings.clear()  # Ansible runs each module in a fresh process
+    from ansible.module_utils import _internal
+
+    # Ansible runs each module in a fresh process, on the module side: no warnings left from earlier
+    # tests, and module.warn() collecting into the result even when a test imported controller code
+    # (ansible.template flips is_controller, which sends warnings to the display instead).
+    module_warnings._global_warnings.clear()
     spec = importlib.util.spec_from_file_location(name, ROOT / "library" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        module.main()
+    is_controller, _internal.is_controller = _internal.is_controller, False
+    try:
+        with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
+            module.main()
+    finally:
+        _internal.is_controller = is_controller
     return exit_info.value.code, json.loads(capsys.readouterr().out)
 
 

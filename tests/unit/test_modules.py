@@ -59,8 +59,11 @@ def test_validate_module_passes_and_fails_on_gates(releases, talker, tmp_path, c
     assert code == 1 and r["failed"] and "gate speedup_min failed:" in r["msg"] and "< 500" in r["msg"]
     assert r["failed_gates"][0]["gate"] == "speedup_min" and r["failed_gates"][0]["limit"] == 500.0
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
-    code, r = run_module("onnx_validate", dict(args, speedup_min=500.0, fail_on_gate=False), capsys)
+    progress = tmp_path / "progress.json"
+    code, r = run_module("onnx_validate", dict(args, speedup_min=500.0, fail_on_gate=False,
+                                               progress_file=str(progress)), capsys)
     assert code == 0 and not r["passed"]
+    assert json.loads(progress.read_text())["runs_done"] == 6 and len(r["latency_samples_ms"]["reference"]) == 3
 
 
 def test_validate_module_rejects_out_of_range_gate(releases, talker, capsys):

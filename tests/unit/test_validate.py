@@ -10,6 +10,7 @@ import pytest
 from helpers import SHAPES
 from sarai_onnx.errors import SaraiError
 from sarai_onnx.inputs import generate_inputs, load_npz
+from sarai_onnx.progress import Progress
 from sarai_onnx.session import build_session_options, normalize_session_options
 from sarai_onnx.validate import evaluate_gates, normalize_gates, validate
 
@@ -192,3 +193,64 @@ def test_model_that_fails_to_load_is_reported(model_copy):
         fh.write(model.SerializeToString())
     with pytest.raises(SaraiError, match=r"onnxruntime failed on .*agi_audio_core.onnx"):
         validate(model_copy, input_shapes=SHAPES, runs=1, warmup=0)
+
+
+def test_latency_samples_are_the_timed_runs_behind_the_metrics(int8_vs_fp32):
+    samples = int8_vs_fp32["latency_samples_ms"]
+    for values, metrics in ((samples["model"], int8_vs_fp32["metrics"]),
+                            (samples["reference"], int8_vs_fp32["reference_metrics"])):
+        assert len(values) == int8_vs_fp32["runs"] and all(v > 0 for v in values)
+        assert float(np.percentile(values, 50)) == pytest.approx(metrics["p50_ms"], abs=2e-3)
+        assert min(values) == pytest.approx(metrics["min_ms"], abs=2e-3)
+
+
+def test_without_reference_there_are_no_reference_samples(releases, tmp_path):
+    result = validate(releases["fp16"]["model_path"], input_shapes=SHAPES, warmup=0, runs=3,
+                      report=str(tmp_path / "r.json"))
+    assert len(result["latency_samples_ms"]["model"]) == 3 and result["latency_samples_ms"]["reference"] is None
+    assert json.loads((tmp_path / "r.json").read_text())["latency_samples_ms"] == result["latency_samples_ms"]
+
+
+def test_progress_file_goes_through_every_phase_in_order(releases, talker, tmp_path, monkeypatch):
+    import functools
+
+    import sarai_onnx.progress
+    import sarai_onnx.validate
+
+    written = []
+    real_write = sarai_onnx.progress.files.write_json_atomic
+
+    def record(path, obj):
+        written.append(obj)
+        real_write(path, obj)
+
+    monkeypatch.setattr(sarai_onnx.progress.files, "write_json_atomic", record)
+    monkeypatch.setattr(sarai_onnx.validate, "Progress", functools.partial(Progress, interval_s=0))
+    progress = tmp_path / "progress.json"
+    validate(releases["dynamic_int8"]["model_path"], reference=talker, input_shapes=SHAPES, warmup=1, runs=4,
+             progress_file=str(progress))
+    assert [w["phase"] for w in written] == ["load", "warmup", "load", "warmup"] + ["timed"] * 8 + ["compare"]
+    assert [w["runs_done"] for w in written] == [0] * 4 + list(range(1, 9)) + [8]
+    assert all(w["runs_total"] == 8 for w in written)
+    assert [w["elapsed_s"] for w in written] == sorted(w["elapsed_s"] for w in written)
+    assert json.loads(progress.read_text()) == written[-1] and os.listdir(tmp_path) == ["progress.json"]
+
+
+def test_progress_is_written_at_most_once_per_interval(tmp_path):
+    now = [100.0]
+    path = tmp_path / "p.json"
+    progress = Progress(str(path), interval_s=1.0, clock=lambda: now[0], runs_total=10)
+    seen = []
+    for t, runs_done, force in ((100.0, 0, False), (100.5, 1, False), (101.0, 2, False), (101.2, 3, False),
+                                (101.3, 4, True)):
+        now[0] = t
+        progress.update("timed", force=force, runs_done=runs_done)
+        seen.append(json.loads(path.read_text())["runs_done"])
+    assert seen == [0, 0, 2, 2, 4]
+    assert json.loads(path.read_text()) == {"phase": "timed", "runs_done": 4, "runs_total": 10, "elapsed_s": 1.3}
+    Progress(None).update("load")  # no file: nothing to do, no error
+
+
+def test_progress_file_in_a_missing_directory_is_refused_before_measuring(releases, tmp_path):
+    with pytest.raises(SaraiError, match=r"progress_file .*/nowhere/p.json: directory .* does not exist"):
+        validate(releases["fp16"]["model_path"], input_shapes=SHAPES, progress_file=str(tmp_path / "nowhere" / "p.json"))
