@@ -16,6 +16,7 @@ Against the reference (same inputs, same session options, same run): cosine, mse
 over all outputs flattened together (float64), and speedup = reference p50 / model p50.
 """
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -170,10 +171,13 @@ def _worker_main(model, session_options, names, inputs_path, outputs_path, warmu
         outputs = session.run(None, feeds)
         first_s = time.perf_counter() - t0
         np.savez(outputs_path, *outputs)
+        warmup_ms = []  # untimed for the metrics; onnx_session_tune sizes its runs from them
         for _ in range(warmup):
+            t0 = time.perf_counter()
             session.run(None, feeds)
+            warmup_ms.append((time.perf_counter() - t0) * 1000.0)
         conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "baseline_rss_mb": baseline,
-                   "output_names": [o.name for o in session.get_outputs()]})
+                   "output_names": [o.name for o in session.get_outputs()], "warmup_ms": warmup_ms})
         while True:
             command = conn.recv()
             if command[0] != "run":
@@ -254,26 +258,46 @@ class _Worker:
         self.proc.join()
 
 
+def _context():
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+@contextlib.contextmanager
+def live_workers(specs, warmup, workdir):
+    """One loaded, warmed-up measuring process per (path, feeds, session_options); all killed on exit."""
+    ctx = _context()
+    workers = []
+    try:
+        for i, (path, feeds, session_options) in enumerate(specs):
+            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}"))
+        yield workers
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def alternate(workers, runs, rounds=None):
+    """`runs` timed runs on every worker, in rounds (default min(runs, 10)) whose order rotates by one
+    each time (A B C, B C A, C A B, ...; with two workers A B, B A), so load from other work on the
+    machine falls on all of them alike and no worker runs two blocks in a row (warm caches) more
+    often than another."""
+    rounds = min(runs, rounds or 10)
+    for r in range(rounds):
+        count = runs // rounds + (1 if r < runs % rounds else 0)
+        shift = r % len(workers)
+        for w in workers[shift:] + workers[:shift]:
+            w.run(count)
+
+
 def measure(models, session_options, warmup, runs, workdir):
     """[(metrics, outputs)] for [(path, feeds)], each model in its own fresh process.
 
     With two models the timed runs alternate in rounds (A B B A ...), so load from other work on
     the machine falls on both alike and the speedup stays meaningful on a busy host.
     """
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    workers = []
-    try:
-        for i, (path, feeds) in enumerate(models):
-            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}"))
-        rounds = min(runs, 10)
-        for r in range(rounds):
-            count = runs // rounds + (1 if r < runs % rounds else 0)
-            for w in (workers if r % 2 == 0 else workers[::-1]):
-                w.run(count)
+    with live_workers([(path, feeds, session_options) for path, feeds in models], warmup, workdir) as workers:
+        alternate(workers, runs)
         return [w.finish() for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
 
 
 def compare(reference, outputs):
