@@ -220,8 +220,13 @@ def measure_grid(model, feeds, grid, warmup, max_runs, processes, budget_s, work
     entries = [dict(anchor, index=0, batches=[])]
     anchor_times, noise, runs, info = [], [], None, {}
     batch_no = 0
+    last_batch_s = 0.0
     while batch_no * per_batch < len(candidates):
         batch = candidates[batch_no * per_batch:(batch_no + 1) * per_batch]
+        if not any(c["required"] for c in batch) and time.monotonic() - started + last_batch_s > budget_s:
+            # the host got slower than the first batch promised: stop before the budget is spent
+            info["not_measured"] = [c["labels"] for c in candidates[batch_no * per_batch:]] + info["not_measured"]
+            break
         specs = [(model, feeds, anchor["options"])] * 2 + [(model, feeds, c["options"]) for c in batch]
         batch_dir = os.path.join(workdir, f"batch{batch_no}")
         os.mkdir(batch_dir)
@@ -243,6 +248,7 @@ def measure_grid(model, feeds, grid, warmup, max_runs, processes, budget_s, work
         except SaraiError as exc:
             labels = "; ".join(", ".join(c["labels"]) for c in [anchor] + batch)
             raise SaraiError(f"measuring batch {batch_no + 1} ({labels}) failed: {exc}") from None
+        last_batch_s = time.monotonic() - t0
         a = _summary(times[0] + times[1])
         noise.append(_anchor_noise_pct(measured[0][0]["p50_ms"], measured[1][0]["p50_ms"]))
         anchor_times += times[0] + times[1]
@@ -272,20 +278,27 @@ def _check_number(name, value, low):
         raise SaraiError(f"{name}={value!r} must be a number >= {low:g}")
 
 
-def _processes_that_fit(model, processes):
-    """Fewer live processes when RAM is short: each holds a copy of the model (its files' size plus
-    ~128 MiB of interpreter and onnxruntime, measured RSS of onnx_validate's workers), and half of
-    MemAvailable is left to the service and everything else on the host."""
-    size_mb = sum(os.path.getsize(p) for p in model_files(model)) / 2**20
+def _mem_available_mb():
+    """MemAvailable in MiB, or None where /proc/meminfo is not there."""
     try:
         with open("/proc/meminfo") as fh:
-            available_mb = next(int(line.split()[1]) / 1024.0 for line in fh if line.startswith("MemAvailable:"))
+            return next(int(line.split()[1]) / 1024.0 for line in fh if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
+        return None
+
+
+def processes_that_fit(model, processes):
+    """Fewer live processes when RAM is short: each holds a copy of the model (its files' size plus
+    ~128 MiB of interpreter and onnxruntime, as onnx_validate's workers measure), and half of
+    MemAvailable is left to the service and everything else on the host."""
+    available_mb = _mem_available_mb()
+    if available_mb is None:
         return processes
-    fit = int(available_mb / 2 // (size_mb + 128))
+    per_process_mb = sum(os.path.getsize(p) for p in model_files(model)) / 2**20 + 128
+    fit = int(available_mb / 2 // per_process_mb)
     if fit < 3:
-        raise SaraiError(f"not enough free memory to tune {model}: 3 processes of ~{size_mb + 128:.0f} MiB each "
-                         f"need {3 * (size_mb + 128):.0f} MiB within half of MemAvailable ({available_mb:.0f} MiB); "
+        raise SaraiError(f"not enough free memory to tune {model}: 3 processes of ~{per_process_mb:.0f} MiB each "
+                         f"need {3 * per_process_mb:.0f} MiB within half of MemAvailable ({available_mb:.0f} MiB); "
                          "free memory or tune while the host is idle")
     return min(processes, fit)
 
@@ -322,7 +335,7 @@ def tune(model, release, session_options=None, inputs=None, input_shapes=None, i
             raise SaraiError(f"report {report} must be a .json path in an existing directory (the Markdown "
                              "goes beside it as .md); create the directory first")
     feeds = load_npz(inputs, signature) if inputs else generate_inputs(signature, input_shapes, input_values, seed)
-    processes = _processes_that_fit(model, processes)
+    processes = processes_that_fit(model, processes)
 
     workdir = tempfile.mkdtemp(prefix="sarai-tune-")
     try:

@@ -60,7 +60,9 @@ def with_entry(fact, release, entry):
 
 
 def render(fact):
-    return json.dumps(fact, indent=2, sort_keys=True) + "\n"
+    # Keys keep their order: sarai_config renders session_options in the order it reads them, so a
+    # sorted copy would rewrite an unchanged sarai.yaml (and restart the service) on the next deploy.
+    return json.dumps(fact, indent=2) + "\n"
 
 
 def save(path, fact):

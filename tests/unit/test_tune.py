@@ -130,6 +130,15 @@ def test_plan_trims_configurations_before_runs_fall_below_the_minimum():
     assert plan(8, 24, 4, setup_s=5, run_ms=500, budget_s=30, max_runs=300) == (8, MIN_RUNS, True)
 
 
+def test_fewer_processes_when_memory_is_short(talker, monkeypatch):
+    per_process = sum(os.path.getsize(p) for p in (talker, talker + ".data")) / 2**20 + 128
+    monkeypatch.setattr(tune_mod, "_mem_available_mb", lambda: 2 * 4.5 * per_process)
+    assert tune_mod.processes_that_fit(talker, 6) == 4
+    monkeypatch.setattr(tune_mod, "_mem_available_mb", lambda: 2 * 2.5 * per_process)
+    with pytest.raises(SaraiError, match=r"not enough free memory to tune .*agi_audio_core.onnx: 3 processes"):
+        tune_mod.processes_that_fit(talker, 6)
+
+
 # ---------------------------------------------------------------- the noise rule
 
 def _entry(index, gain, faithful=True):
@@ -221,6 +230,8 @@ def test_the_choice_is_stored_once_and_a_second_run_changes_nothing(tune_here, m
     assert (entry["p50_ms"], entry["baseline_p50_ms"], entry["noise_pct"]) == (8.0, 10.0, 2.0)
     assert entry["report"] == str(tmp_path / "tune.json") and entry["time"].endswith("Z")
     assert first["diff"]["after"] == fact_path.read_text() and '"releases": {}' in first["diff"]["before"]
+    # the options keep their order, so sarai.yaml renders byte for byte the same from the fact
+    assert list(entry["session_options"]) == list(first["session_options"]) != sorted(first["session_options"])
     assert oct(fact_path.stat().st_mode & 0o777) == "0o644"  # an executable .fact would be run, not read
     written = fact_path.read_bytes()
 
@@ -304,6 +315,28 @@ def test_measured_grid_drops_the_optimisation_levels_that_change_outputs(tmp_pat
                                                                                      "ORT_ENABLE_ALL"))
     assert result["session_options"] in [e["options"] for e in result["grid"] if e["faithful"]]
     assert result["runs"] >= MIN_RUNS and len(result["grid"][0]["batches"]) == result["batches"]
+
+
+def test_optional_batches_stop_when_the_host_turns_slower_than_planned(tmp_path, monkeypatch):
+    class Clock:  # every reading is one second later: each batch "takes" several seconds
+        now = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            cls.now += 1.0
+            return cls.now
+
+    monkeypatch.setattr(tune_mod, "time", Clock)
+    monkeypatch.setattr(tune_mod, "plan", lambda n_required, n_total, *args: (n_total, MIN_RUNS, False))
+    model = _amplifier(tmp_path / "amplifier.onnx")
+    required = _required(tune_mod.host_cpus())
+    result = tune(model, "fp32-amplifier", session_options=CURRENT, input_shapes={"x": [4, 64]},
+                  fact_path=str(tmp_path / "t.fact"), max_configs=required + 6, processes=8, runs=MIN_RUNS,
+                  time_budget_s=5.0, warmup=1, check_mode=True)
+    # the first batch holds the required configurations; the next one, optional only, is not started
+    assert sum(e["required"] for e in result["grid"]) == required
+    assert len(result["grid"]) + len(result["not_measured"]) == required + 6 and result["batches"] == 1
+    assert result["not_measured"] and all(labels[0].startswith("grid: ") for labels in result["not_measured"])
 
 
 def test_module_records_then_keeps_the_choice_and_honours_check_mode(talker, tmp_path, capsys):
