@@ -211,60 +211,79 @@ def _anchor_noise_pct(a, b):
     return round(abs(a - b) / min(a, b) * 100.0, 2) if min(a, b) > 0 else 0.0
 
 
+def _size_run(workers, setup_s, grid, n_loaded, per_batch, budget_s, max_runs):
+    """(configurations to measure, info) from what the first batch cost: its processes' setup time
+    and the median of the current options' warm-up runs."""
+    warm = workers[0].ready["warmup_ms"] + workers[1].ready["warmup_ms"]
+    run_ms = float(np.median(warm)) if warm else workers[0].ready["first_inference_s"] * 1000.0
+    n_required = sum(1 for g in grid if g["required"])
+    n, runs, over = plan(max(n_required, n_loaded), len(grid), per_batch, setup_s, run_ms, budget_s, max_runs)
+    return n, {"setup_s": round(setup_s, 3), "run_ms_estimate": round(run_ms, 3), "runs": runs,
+               "over_budget": over, "not_measured": [g["labels"] for g in grid[n:]]}
+
+
+def _measure_batch(model, feeds, anchor, batch, warmup, workdir, size_run):
+    """Measure the current options twice and `batch` side by side. `size_run(workers, setup_s)`
+    returns the timed runs (it sizes the whole run on the first batch). Returns
+    [(metrics, outputs, times)] in the order current, current, *batch."""
+    specs = [(model, feeds, anchor["options"])] * 2 + [(model, feeds, c["options"]) for c in batch]
+    t0 = time.monotonic()
+    try:
+        with live_workers(specs, warmup, workdir) as workers:
+            runs = size_run(workers, (time.monotonic() - t0) / len(workers))
+            alternate(workers, runs, rounds=3 * len(workers))  # every worker in every position
+            return [w.finish() + (list(w.times),) for w in workers]
+    except SaraiError as exc:
+        labels = "; ".join(", ".join(c["labels"]) for c in [anchor] + batch)
+        raise SaraiError(f"measuring {labels} failed: {exc}") from None
+
+
 def measure_grid(model, feeds, grid, warmup, max_runs, processes, budget_s, workdir):
-    """Measure `grid` (grid[0] = current options) in batches. Returns (entries, info)."""
+    """Measure `grid` (grid[0] = current options) in batches. Returns (entries, info): one entry per
+    measured configuration (the current options first, P50/P99 over all their copies) and the run's
+    sizing, noise and timing."""
     anchor, candidates = grid[0], grid[1:]
     per_batch = processes - 2
-    n_required = sum(1 for g in grid if g["required"])
     started = time.monotonic()
-    entries = [dict(anchor, index=0, batches=[])]
-    anchor_times, noise, runs, info = [], [], None, {}
-    batch_no = 0
-    last_batch_s = 0.0
+    current = dict(anchor, index=0, batches=[])
+    entries, anchor_times, info = [current], [], {}
+
+    def size_run(workers, setup_s):
+        nonlocal candidates
+        if not info:
+            n, sized = _size_run(workers, setup_s, grid, len(workers) - 1, per_batch, budget_s, max_runs)
+            info.update(sized)
+            candidates = candidates[:n - 1]
+        return info["runs"]
+
+    batch_no, last_batch_s = 0, 0.0
     while batch_no * per_batch < len(candidates):
         batch = candidates[batch_no * per_batch:(batch_no + 1) * per_batch]
         if not any(c["required"] for c in batch) and time.monotonic() - started + last_batch_s > budget_s:
             # the host got slower than the first batch promised: stop before the budget is spent
             info["not_measured"] = [c["labels"] for c in candidates[batch_no * per_batch:]] + info["not_measured"]
             break
-        specs = [(model, feeds, anchor["options"])] * 2 + [(model, feeds, c["options"]) for c in batch]
         batch_dir = os.path.join(workdir, f"batch{batch_no}")
         os.mkdir(batch_dir)
         t0 = time.monotonic()
-        try:
-            with live_workers(specs, warmup, batch_dir) as workers:
-                if runs is None:  # size the whole run from what the first batch cost
-                    setup_s = (time.monotonic() - t0) / len(workers)
-                    warm = workers[0].ready["warmup_ms"] + workers[1].ready["warmup_ms"]
-                    run_ms = float(np.median(warm)) if warm else workers[0].ready["first_inference_s"] * 1000.0
-                    n, runs, over = plan(max(n_required, 1 + len(batch)), len(grid), per_batch, setup_s,
-                                         run_ms, budget_s, max_runs)
-                    info = {"setup_s": round(setup_s, 3), "run_ms_estimate": round(run_ms, 3), "runs": runs,
-                            "over_budget": over, "not_measured": [g["labels"] for g in grid[n:]]}
-                    candidates = candidates[:n - 1]
-                alternate(workers, runs, rounds=3 * len(workers))  # every worker in every position
-                measured = [w.finish() for w in workers]
-                times = [list(w.times) for w in workers]
-        except SaraiError as exc:
-            labels = "; ".join(", ".join(c["labels"]) for c in [anchor] + batch)
-            raise SaraiError(f"measuring batch {batch_no + 1} ({labels}) failed: {exc}") from None
+        measured = _measure_batch(model, feeds, anchor, batch, warmup, batch_dir, size_run)
         last_batch_s = time.monotonic() - t0
-        a = _summary(times[0] + times[1])
-        noise.append(_anchor_noise_pct(measured[0][0]["p50_ms"], measured[1][0]["p50_ms"]))
-        anchor_times += times[0] + times[1]
-        entries[0]["batches"].append({"batch": batch_no + 1, "p50_ms": a["p50_ms"], "p99_ms": a["p99_ms"],
-                                      "copies_p50_ms": [measured[0][0]["p50_ms"], measured[1][0]["p50_ms"]],
-                                      "noise_pct": noise[-1]})
-        if batch_no == 0:
-            entries[0].update(load_s=measured[0][0]["load_s"], peak_rss_mb=measured[0][0]["peak_rss_mb"],
-                              outputs=measured[0][1])
-        for config, (metrics, outputs) in zip(batch, measured[2:]):
-            entries.append(dict(config, index=len(entries), batch=batch_no + 1, outputs=outputs,
-                                gain_pct=round((a["p50_ms"] - metrics["p50_ms"]) / a["p50_ms"] * 100.0, 2),
-                                **{k: metrics[k] for k in ("p50_ms", "p90_ms", "p99_ms", "load_s", "peak_rss_mb")}))
         batch_no += 1
-    entries[0].update(_summary(anchor_times), gain_pct=0.0)
-    info.update(noise_pct=max(noise), batches=batch_no, elapsed_s=round(time.monotonic() - started, 1))
+        (copy1, outputs, times1), (copy2, _, times2) = measured[:2]
+        here = _summary(times1 + times2)  # the current options in this batch
+        anchor_times += times1 + times2
+        current["batches"].append({"batch": batch_no, "p50_ms": here["p50_ms"], "p99_ms": here["p99_ms"],
+                                   "copies_p50_ms": [copy1["p50_ms"], copy2["p50_ms"]],
+                                   "noise_pct": _anchor_noise_pct(copy1["p50_ms"], copy2["p50_ms"])})
+        if batch_no == 1:
+            current.update(load_s=copy1["load_s"], peak_rss_mb=copy1["peak_rss_mb"], outputs=outputs)
+        for config, (metrics, outputs, _) in zip(batch, measured[2:]):
+            entries.append(dict(config, index=len(entries), batch=batch_no, outputs=outputs,
+                                gain_pct=round((here["p50_ms"] - metrics["p50_ms"]) / here["p50_ms"] * 100.0, 2),
+                                **{k: metrics[k] for k in ("p50_ms", "p90_ms", "p99_ms", "load_s", "peak_rss_mb")}))
+    current.update(_summary(anchor_times), gain_pct=0.0)
+    info.update(noise_pct=max(b["noise_pct"] for b in current["batches"]), batches=batch_no,
+                elapsed_s=round(time.monotonic() - started, 1))
     return entries, info
 
 

@@ -25,8 +25,10 @@ from sarai_onnx.tune_report import markdown
 CURRENT = {"graph_optimization_level": "ORT_ENABLE_EXTENDED", "intra_op_num_threads": 0,
            "execution_mode": "ORT_SEQUENTIAL", "enable_cpu_mem_arena": True, "enable_mem_pattern": True}
 SEED_LABELS = ["seed 1:", "seed 2:", "seed 3:", "seed 4:", "seed 5:", "seed 6:"]
-# Measuring for real in unit tests: the required configurations only, the fewest runs, a small budget.
-QUICK = {"runs": MIN_RUNS, "time_budget_s": 2.0, "warmup": 1}
+# Measuring for real in unit tests: the fewest runs, a small budget, one batch for the required
+# configurations, and the smallest test model (talker_sr: 64 wide, one layer, a sample-rate input).
+QUICK = {"runs": MIN_RUNS, "time_budget_s": 2.0, "warmup": 1, "processes": 8}
+TINY_INPUTS = {"input_shapes": {"hidden_states": [1, 4, 64]}, "input_values": {"sr": 16000}}
 
 
 def _labels(grid):
@@ -137,6 +139,26 @@ def test_fewer_processes_when_memory_is_short(talker, monkeypatch):
     monkeypatch.setattr(tune_mod, "_mem_available_mb", lambda: 2 * 2.5 * per_process)
     with pytest.raises(SaraiError, match=r"not enough free memory to tune .*agi_audio_core.onnx: 3 processes"):
         tune_mod.processes_that_fit(talker, 6)
+
+
+def test_rounds_rotate_so_every_process_runs_in_every_position():
+    from sarai_onnx.validate import alternate
+
+    log = []
+
+    class Worker:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, count):
+            log.append((self.name, count))
+
+    two = [Worker("A"), Worker("B")]
+    alternate(two, 20)  # onnx_validate's two models: A B, B A, ... exactly as before the rotation
+    assert "".join(n for n, _ in log) == "ABBA" * 5 and {c for _, c in log} == {2}
+    log.clear()
+    alternate([Worker("A"), Worker("B"), Worker("C")], 10, rounds=3)
+    assert "".join(n for n, _ in log) == "ABCBCACAB" and [c for _, c in log] == [4] * 3 + [3] * 6
 
 
 # ---------------------------------------------------------------- the noise rule
@@ -339,9 +361,9 @@ def test_optional_batches_stop_when_the_host_turns_slower_than_planned(tmp_path,
     assert result["not_measured"] and all(labels[0].startswith("grid: ") for labels in result["not_measured"])
 
 
-def test_module_records_then_keeps_the_choice_and_honours_check_mode(talker, tmp_path, capsys):
+def test_module_records_then_keeps_the_choice_and_honours_check_mode(talker_sr, tmp_path, capsys):
     fact = tmp_path / "facts.d" / "sarai_tuning.fact"
-    args = dict(QUICK, model=talker, release="int8-0123456789ab", session_options=CURRENT, input_shapes=SHAPES,
+    args = dict(QUICK, **TINY_INPUTS, model=talker_sr, release="int8-0123456789ab", session_options=CURRENT,
                 max_configs=_required(tune_mod.host_cpus()), min_gain_pct=1000.0, fact_path=str(fact),
                 report=str(tmp_path / "tune-int8.json"))
     code, r = run_module("onnx_session_tune", dict(args, _ansible_check_mode=True, _ansible_diff=True), capsys)
@@ -359,8 +381,8 @@ def test_module_records_then_keeps_the_choice_and_honours_check_mode(talker, tmp
     assert code == 1 and "max_configs=2 is too small" in bad["msg"]
 
 
-def test_cli_tune_prints_one_json_result(talker, tmp_path):
-    params = dict(QUICK, model=talker, release="int8-cli", session_options=CURRENT, input_shapes=SHAPES,
+def test_cli_tune_prints_one_json_result(talker_sr, tmp_path):
+    params = dict(QUICK, **TINY_INPUTS, model=talker_sr, release="int8-cli", session_options=CURRENT,
                   max_configs=_required(tune_mod.host_cpus()), fact_path=str(tmp_path / "t.fact"))
     (tmp_path / "p.json").write_text(json.dumps(params))
     proc = subprocess.run([sys.executable, "-m", "sarai_onnx", "tune", "--params", str(tmp_path / "p.json"), "--check"],
