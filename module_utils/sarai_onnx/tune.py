@@ -2,7 +2,7 @@
 
 How, in order:
   grid     the current options, onnxruntime's defaults (the fidelity reference), the six
-           configurations of the team's own grid search (SEEDS), then one option changed at a time
+           configurations of the team's own grid search (seed_configs), then one option changed at a time
            from the current ones, then the rest of the product nearest first, up to max_configs.
   measure  like onnx_validate (validate.live_workers / alternate): every configuration in its own
            loaded, warmed-up process, timed runs alternating in rounds. Configurations are measured
@@ -342,7 +342,11 @@ def tune(model, release, session_options=None, inputs=None, input_shapes=None, i
     fact_path = os.path.abspath(fact_path)
     fact = tune_fact.load(fact_path)
     stored = tune_fact.stored_options(fact, release)
-    current = normalize_session_options(stored if stored is not None else session_options)
+    try:
+        current = normalize_session_options(stored if stored is not None else session_options)
+    except SaraiError as exc:
+        where = f"tuning fact {fact_path}, release {release}" if stored is not None else "session_options"
+        raise SaraiError(f"{where}: {exc}") from None
     cpus = host_cpus()
     configs = build_grid(current, cpus, grid, max_configs)
     graph = load_graph(model)

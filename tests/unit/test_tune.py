@@ -297,8 +297,11 @@ def test_broken_fact_and_bad_arguments_are_explained(tune_here, tmp_path):
         tune_here(processes=2)
     with pytest.raises(SaraiError, match=r"report .*tune.txt must be a .json path"):
         tune_here(report=str(tmp_path / "tune.txt"))
-    with pytest.raises(SaraiError, match=r"unknown session option\(s\) threads"):
+    with pytest.raises(SaraiError, match=r"session_options: unknown session option\(s\) threads"):
         tune_here(session_options={"threads": 4})
+    broken.write_text('{"schema": 1, "releases": {"int8-0123456789ab": {"session_options": {"threads": 4}}}}')
+    with pytest.raises(SaraiError, match=r"tuning fact .*broken.fact, release int8-0123456789ab: unknown session"):
+        tune_here(fact_path=str(broken))
     assert sorted(os.listdir(tmp_path)) == ["broken.fact"]
 
 
