@@ -1,4 +1,4 @@
-"""Command line: python -m sarai_onnx <info|quantize|manifest|validate> --params FILE.json [--check]
+"""Command line: python -m sarai_onnx <info|quantize|manifest|validate|tune> --params FILE.json [--check]
 
 Prints one JSON object on stdout: the command's result, or {"failed": true, "msg": ...}.
 Exit status 0 when the command succeeded, 1 when it failed. This is how a Windows build host runs

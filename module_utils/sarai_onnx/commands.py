@@ -1,4 +1,4 @@
-"""The four commands with module-shaped parameters: shared by the Ansible modules and the CLI.
+"""The commands with module-shaped parameters: shared by the Ansible modules and the CLI.
 
 Each takes the module's params dict (None = unset) and check_mode and returns the result dict;
 a result with failed=True (a manifest that does not verify, a failed gate) carries msg.
@@ -14,6 +14,9 @@ QUANTIZE_OPTIONS = ("weight_type", "per_channel", "reduce_range", "nodes_to_excl
 SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values")
 GATE_OPTIONS = ("cosine_min", "mse_max", "mae_max", "speedup_min", "p50_max_ms", "p99_max_ms", "rss_max_mb",
                 "expected_output_shapes")  # validate.GATES + SHAPES_GATE (a unit test keeps them equal)
+TUNE_OPTIONS = ("model", "release", "session_options", "inputs", "input_shapes", "input_values", "seed", "warmup",
+                "runs", "grid", "max_configs", "time_budget_s", "processes", "fidelity_max_abs", "min_gain_pct",
+                "fact_path", "report")
 
 
 def _info(p, check_mode):
@@ -73,6 +76,13 @@ def _validate(p, check_mode):
     return result
 
 
+def _tune(p, check_mode):
+    from .tune import tune
+
+    # unset parameters take tune()'s defaults (the module documents the same values; a unit test compares)
+    return tune(check_mode=check_mode, **{k: p[k] for k in TUNE_OPTIONS if p.get(k) is not None})
+
+
 def _default(p, key, value):
     return value if p.get(key) is None else p[key]
 
@@ -84,8 +94,10 @@ COMMANDS = {
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
                              "seed", "warmup", "runs", "gates", "fail_on_gate", "report", "progress_file")
                  + GATE_OPTIONS),
+    "tune": (_tune, TUNE_OPTIONS),
 }
-REQUIRED = {"info": ("path",), "quantize": ("src", "dest"), "manifest": ("path",), "validate": ("model",)}
+REQUIRED = {"info": ("path",), "quantize": ("src", "dest"), "manifest": ("path",), "validate": ("model",),
+            "tune": ("model", "release")}
 
 
 def run(command, params, check_mode=False):
@@ -107,7 +119,7 @@ def run(command, params, check_mode=False):
 
 
 def run_module(module, command):
-    """Run `command` with an AnsibleModule's params and end the module: one exit path for all four
+    """Run `command` with an AnsibleModule's params and end the module: one exit path for all the
     modules (errors and failed results -> fail_json, warnings through module.warn, diff only when asked)."""
     try:
         result = run(command, module.params, check_mode=module.check_mode)

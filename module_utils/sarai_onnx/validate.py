@@ -16,6 +16,7 @@ Against the reference (same inputs, same session options, same run): cosine, mse
 over all outputs flattened together (float64), and speedup = reference p50 / model p50.
 """
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -173,9 +174,12 @@ def _worker_main(model, session_options, names, inputs_path, outputs_path, warmu
         np.savez(outputs_path, *outputs)
         conn.send({"ok": True, "load_s": load_s, "first_inference_s": first_s, "baseline_rss_mb": baseline,
                    "output_names": [o.name for o in session.get_outputs()]})
+        warmup_ms = []  # untimed for the metrics; onnx_session_tune sizes its runs from them
         for _ in range(warmup):
+            t0 = time.perf_counter()
             session.run(None, feeds)
-        conn.send({"ok": True})  # warm: ready for timed runs
+            warmup_ms.append((time.perf_counter() - t0) * 1000.0)
+        conn.send({"ok": True, "warmup_ms": warmup_ms})  # warm: ready for timed runs
         while True:
             command = conn.recv()
             if command[0] != "run":
@@ -209,7 +213,7 @@ class _Worker:
         child_conn.close()  # so recv() sees EOF if the child dies without answering
         self.ready = self._ask(None)
         progress.update("warmup", runs_done=0)
-        self._ask(None)
+        self.ready["warmup_ms"] = self._ask(None)["warmup_ms"]
         self.times = []
 
     def _ask(self, command):
@@ -258,6 +262,43 @@ class _Worker:
         self.proc.join()
 
 
+def _context():
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
+@contextlib.contextmanager
+def live_workers(specs, warmup, workdir, progress=None):
+    """One loaded, warmed-up measuring process per (path, feeds, session_options); all killed on exit."""
+    progress = progress or Progress(None)
+    ctx = _context()
+    workers = []
+    try:
+        for i, (path, feeds, session_options) in enumerate(specs):
+            progress.update("load", runs_done=0)
+            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}", progress))
+        yield workers
+    finally:
+        for w in workers:
+            w.kill()
+
+
+def alternate(workers, runs, rounds=None, progress=None):
+    """`runs` timed runs on every worker, in rounds (default min(runs, 10)) whose order rotates by one
+    each time (A B C, B C A, C A B, ...; with two workers A B, B A), so load from other work on the
+    machine falls on all of them alike and no worker runs two blocks in a row (warm caches) more
+    often than another."""
+    rounds = min(runs, rounds or 10)
+    done = 0
+    for r in range(rounds):
+        count = runs // rounds + (1 if r < runs % rounds else 0)
+        shift = r % len(workers)
+        for w in workers[shift:] + workers[:shift]:
+            w.run(count)
+            done += count
+            if progress:
+                progress.update("timed", runs_done=done)
+
+
 def measure(models, session_options, warmup, runs, workdir, progress=None):
     """[(metrics, outputs, times_ms)] for [(path, feeds)], each model in its own fresh process.
 
@@ -265,25 +306,10 @@ def measure(models, session_options, warmup, runs, workdir, progress=None):
     the machine falls on both alike and the speedup stays meaningful on a busy host. `progress`
     (a progress.Progress) hears of each phase and of the timed runs done after each round.
     """
-    progress = progress or Progress(None)
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    workers = []
-    try:
-        for i, (path, feeds) in enumerate(models):
-            progress.update("load", runs_done=0)
-            workers.append(_Worker(ctx, path, session_options, feeds, warmup, workdir, f"m{i}", progress))
-        rounds = min(runs, 10)
-        done = 0
-        for r in range(rounds):
-            count = runs // rounds + (1 if r < runs % rounds else 0)
-            for w in (workers if r % 2 == 0 else workers[::-1]):
-                w.run(count)
-                done += count
-                progress.update("timed", runs_done=done)
+    specs = [(path, feeds, session_options) for path, feeds in models]
+    with live_workers(specs, warmup, workdir, progress) as workers:
+        alternate(workers, runs, progress=progress)
         return [w.finish() + (list(w.times),) for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
 
 
 def compare(reference, outputs):
