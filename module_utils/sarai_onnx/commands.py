@@ -26,7 +26,8 @@ def _quantize(p, check_mode):
 
     return quantize(p["src"], p["dest"], method=p.get("method") or "dynamic_int8",
                     model_name=p.get("model_name"), options={k: p.get(k) for k in QUANTIZE_OPTIONS},
-                    tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+                    tmp_dir=p.get("tmp_dir"), check_mode=check_mode, engine=p.get("engine"),
+                    progress_file=p.get("progress_file"))
 
 
 def _manifest(p, check_mode):
@@ -60,7 +61,8 @@ def _default(p, key, value):
 
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
-    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS),
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file")
+                 + QUANTIZE_OPTIONS),
     "manifest": (_manifest, ("path", "state", "manifest")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
                              "seed", "warmup", "runs", "gates", "fail_on_gate", "report") + GATE_OPTIONS),
