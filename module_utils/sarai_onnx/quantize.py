@@ -285,11 +285,17 @@ STREAMING_TOOLS = {"dynamic_int8": "sarai_onnx.stream_int8 (onnxruntime.quantiza
 
 
 def plan_streaming(src, source_graph, method, opts):
-    """The streaming engine's plan (graph only); raises StreamingUnsupported."""
+    """The streaming engine's plan (graph only); raises StreamingUnsupported, also for anything
+    that breaks while planning (shape inference of an odd graph), so it is reported, not a traceback."""
     from . import stream_fp16, stream_int8
 
-    with env.stdout_to_stderr(), _quiet_quantizers():
-        return (stream_int8 if method == "dynamic_int8" else stream_fp16).plan(src, source_graph, opts)
+    try:
+        with env.stdout_to_stderr(), _quiet_quantizers():
+            return (stream_int8 if method == "dynamic_int8" else stream_fp16).plan(src, source_graph, opts)
+    except (stream_int8.StreamingUnsupported, SaraiError):
+        raise
+    except Exception as exc:
+        raise stream_int8.StreamingUnsupported(f"planning failed: {type(exc).__name__}: {exc}") from None
 
 
 def choose_engine(src, source_graph, method, opts, engine):

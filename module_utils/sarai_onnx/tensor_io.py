@@ -36,7 +36,10 @@ class SourceTensor:
     """One tensor of the source model, read from its external data file (by offset) or its proto."""
 
     def __init__(self, proto, base_dir):
-        self.proto = proto
+        # A copy: the graph's own proto is pointed at the output file once it is written, and a
+        # weight kept in float and also quantized is read twice.
+        self.proto = TensorProto()
+        self.proto.CopyFrom(proto)
         self.name = proto.name
         self.dims = tuple(proto.dims)
         self.size = math.prod(self.dims)
@@ -53,7 +56,7 @@ class SourceTensor:
     def read(self, start=0, count=None):
         """Elements [start, start + count) in C order, as a flat array."""
         count = self.size - start if count is None else count
-        if self.path is None:
+        if self.path is None:  # held in the graph: already in memory
             return numpy_helper.to_array(self.proto).reshape(-1)[start:start + count]
         with open(self.path, "rb") as fh:
             fh.seek(self.offset + start * self.dtype.itemsize)

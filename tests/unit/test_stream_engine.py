@@ -30,6 +30,7 @@ INT8_CASES = [
     ("shared_weights", {}),
     ("shared_weights", {"per_channel": True, "weight_type": "QUInt8"}),
     ("shared_weights", {"nodes_to_exclude": ["mm_b", "mm_small"]}),
+    ("inline", {"per_channel": True}),
     ("gemm", {}),
     ("gemm", {"per_channel": True, "reduce_range": True}),
     ("gemm", {"op_types_to_quantize": ["Conv"]}),  # Gemm still becomes MatMul, weights stay float
@@ -42,7 +43,7 @@ INT8_CASES = [
 ]
 FP16_CASES = [("talker", {}), ("talker", {"keep_io_types": False}),
               ("talker", {"nodes_to_exclude": ["MatMul_2", "LayerNormalization_1"]}),
-              ("gemm", {}), ("embedding", {}), ("conv", {"keep_io_types": False}), ("extremes", {})]
+              ("gemm", {}), ("embedding", {}), ("conv", {"keep_io_types": False}), ("extremes", {}), ("inline", {})]
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +54,8 @@ def models(tiny_talker, tmp_path_factory):
     for name, build in op_models.BUILDERS.items():
         model, feeds = build()
         built[name] = (op_models.save_with_external_data(model, str(base / name / f"{name}.onnx"), 1024), feeds)
+    model, feeds = op_models.shared_weights()  # every weight inside the .onnx, no data file
+    built["inline"] = (op_models.save_with_external_data(model, str(base / "inline" / "inline.onnx"), 2**40), feeds)
     return built
 
 
