@@ -23,7 +23,7 @@ from unittest import mock
 import onnx
 
 from . import env, files
-from .errors import SaraiError
+from .errors import SaraiError, StreamingUnsupported
 from .coverage import measure_coverage, planned_weights
 from .model import external_data_needs, load_full, load_graph, model_files, unique_node_names
 from .progress import Progress
@@ -147,7 +147,7 @@ def space_needed(method, engine, source, source_graph, opts, plan=None):
     method rewrites.
     """
     graph_bytes = 2 * os.path.getsize(source["path"]) + (1 << 20)  # the output graph grows with new nodes
-    if plan is not None:
+    if engine == "streaming":
         return plan.output_bytes + graph_bytes, 0
     if method == "matmul_nbits":
         return int(source["size_bytes"] * NBITS_OUTPUT_SHARE) + graph_bytes, 0
@@ -292,10 +292,10 @@ def plan_streaming(src, source_graph, method, opts):
     try:
         with env.stdout_to_stderr(), _quiet_quantizers():
             return (stream_int8 if method == "dynamic_int8" else stream_fp16).plan(src, source_graph, opts)
-    except (stream_int8.StreamingUnsupported, SaraiError):
+    except (StreamingUnsupported, SaraiError):
         raise
     except Exception as exc:
-        raise stream_int8.StreamingUnsupported(f"planning failed: {type(exc).__name__}: {exc}") from None
+        raise StreamingUnsupported(f"planning failed: {type(exc).__name__}: {exc}") from None
 
 
 def choose_engine(src, source_graph, method, opts, engine):
@@ -304,8 +304,6 @@ def choose_engine(src, source_graph, method, opts, engine):
     Unset engine: streaming when it covers the model, else onnxruntime with the reason.
     engine=streaming: streaming or a clear error.
     """
-    from .stream_int8 import StreamingUnsupported
-
     first = check_engine(method, engine)
     if first != "streaming":
         return first, None, None
@@ -314,7 +312,8 @@ def choose_engine(src, source_graph, method, opts, engine):
     except StreamingUnsupported as exc:
         if engine == "streaming":
             raise SaraiError(f"the streaming engine cannot build {method} from {src}: {exc}; use "
-                             "engine=onnxruntime (it holds the whole model in memory, about 3x its size)") from None
+                             "engine=onnxruntime (it holds the whole model in memory, several times its size)"
+                             ) from None
         return "onnxruntime", None, f"streaming does not cover this model: {exc}"
 
 

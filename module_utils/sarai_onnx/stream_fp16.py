@@ -19,7 +19,6 @@ from onnx import TensorProto, helper
 from .model import unique_node_names
 from .tensor_io import DataFileWriter, SourceTensor, is_external, load_attribute_tensors
 
-SIZE_THRESHOLD = 0  # releases keep every tensor with raw data in <model>.data (quantize._save)
 MIN_POSITIVE = 5.96e-08  # convert_float_to_float16's defaults, passed explicitly to both engines
 MAX_FINITE = 65504.0
 
@@ -58,6 +57,7 @@ class Plan:
         return SourceTensor(header, self.base_dir)
 
     def write(self, out_path, progress=None):
+        """Every initializer with data goes to out_path.data, as quantize._save (size_threshold=0) puts it."""
         from onnxruntime.transformers.float16 import convert_np_to_float16
 
         with DataFileWriter(out_path + ".data") as writer:

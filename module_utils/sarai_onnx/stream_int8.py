@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from .errors import StreamingUnsupported
 from .tensor_io import (DataFileWriter, SourceTensor, TransposedTensor, goes_external, is_external,
                         load_small_external, set_inline)
 
@@ -31,10 +32,6 @@ QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Mat
              "QLinearMatMul", "QLinearConv", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits")
 UNSUPPORTED_OPS = ("Attention", "LSTM", "EmbedLayerNormalization")  # in IntegerOpsRegistry, not mirrored here
 Q_SUFFIX = "_quantized"  # quant_utils.TENSOR_NAME_QUANT_SUFFIX
-
-
-class StreamingUnsupported(Exception):
-    """The model holds something this engine does not mirror; the message says what."""
 
 
 class _Quantized:
