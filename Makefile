@@ -67,9 +67,11 @@ DEMO_MODEL ?= -e '{"lab_model_hidden": 1024, "lab_model_layers": 6, "lab_model_v
 demo: venv
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/demo.yml $(DEMO_MODEL)
 
+# Every benchmark in one run; each rewrites its own section of benchmarks/RESULTS.md.
 bench: venv
-	$(BIN)/python benchmarks/quantize_variants.py
-	$(BIN)/python benchmarks/fidelity_search.py
+	$(BIN)/python benchmarks/streaming_engine.py --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/quantize_variants.py --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/fidelity_search.py --results benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

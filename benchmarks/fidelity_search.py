@@ -13,35 +13,18 @@ Prints every trial of the search and one table.
 """
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tools")]
+sys.path[:0] = [os.path.join(ROOT, "tools"), os.path.join(ROOT, "benchmarks")]
 
 from make_talker_model import build_talker_model  # noqa: E402
+from results import machine, sarai_onnx, write_section  # noqa: E402
 
 
-def sarai_onnx(command, params, workdir):
-    """(result, wall seconds, peak RSS MiB) of `python -m sarai_onnx command` in its own process."""
-    path = os.path.join(workdir, f"{command}.json")
-    with open(path, "w") as fh:
-        json.dump(params, fh)
-    out_path = os.path.join(workdir, f"{command}.out")
-    t0 = time.perf_counter()
-    with open(out_path, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sarai_onnx", command, "--params", path],
-                                cwd=os.path.join(ROOT, "module_utils"), stdout=out)
-        _, _, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (ru_maxrss, KiB on Linux)
-    seconds = time.perf_counter() - t0
-    with open(out_path) as fh:
-        result = json.load(fh)
-    return result, seconds, usage.ru_maxrss / 1024.0
 
 
 def main(argv=None):
@@ -56,9 +39,11 @@ def main(argv=None):
     ap.add_argument("--cosine-min", type=float, default=0.99, help="fidelity_target cosine_min")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0, help="intra_op_num_threads of validation (0 = all cores)")
+    ap.add_argument("--results", help="write section (e) of this Markdown results file")
     ap.add_argument("--workdir", help="where to build (default: a temp dir, removed afterwards)")
     a = ap.parse_args(argv)
 
+    before = machine()
     work = a.workdir or tempfile.mkdtemp(prefix="sarai-bench-fidelity-")
     os.makedirs(work, exist_ok=True)
     try:
@@ -67,26 +52,30 @@ def main(argv=None):
         built = build_talker_model(src, hidden=a.hidden, vocab=a.vocab, layers=a.layers, seed=0,
                                    outliers=a.outliers, outlier_scale=a.outlier_scale, outlier_layers=outlier_layers)
         shapes = {"hidden_states": [1, a.seq, a.hidden]}
-        print(f"FP32 talker: hidden={a.hidden} layers={a.layers} vocab={a.vocab} outliers={a.outliers} "
-              f"x{a.outlier_scale:g} in layers {outlier_layers}, {built['size_bytes'] / 2**20:.0f} MiB; "
-              f"input [1, {a.seq}, {a.hidden}]; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
-              flush=True)
+        setup = (f"FP32 talker: hidden={a.hidden} layers={a.layers} vocab={a.vocab} outliers={a.outliers} "
+                 f"x{a.outlier_scale:g} in layers {outlier_layers}, {built['size_bytes'] / 2**20:.0f} MiB; "
+                 f"input [1, {a.seq}, {a.hidden}]; fidelity_target cosine_min {a.cosine_min}; validation with "
+                 f"{a.threads or 'all'} thread(s), {a.runs} runs; load average {os.getloadavg()[0]:.1f} at the start.")
+        print(setup, flush=True)
         validate = dict(reference=src, input_shapes=shapes, warmup=5, runs=a.runs,
                         session_options={"graph_optimization_level": "ORT_ENABLE_EXTENDED",
                                          "intra_op_num_threads": a.threads})
         rows = []
+        trials = ["| trial | change | cosine | MSE | MAE | quantized share | passed | s |",
+                  "|---|---|---:|---:|---:|---:|---|---:|"]
         for label, extra in (("default int8", {}),
                              ("int8 + search", {"fidelity_target": {"cosine_min": a.cosine_min},
                                                 "input_shapes": shapes})):
             dest = os.path.join(work, label.replace(" ", "-").replace("+", "search"))
-            q, q_s, q_rss = sarai_onnx("quantize", dict(src=src, dest=dest, method="dynamic_int8",
-                                                        model_name="agi_audio_core_int8.onnx", **extra), work)
+            q, q_rss, q_s = sarai_onnx("quantize", dict(src=src, dest=dest, method="dynamic_int8",
+                                                        model_name="agi_audio_core_int8.onnx", **extra), work,
+                                        allow_failed=True)
             if q.get("failed"):
                 raise SystemExit(f"{label}: {q['msg']}")
             for t in q.get("search", []):
-                print(f"  trial {t['trial']}: {t['change']}: cosine {t['cosine']:.5f} MSE {t['mse']:.2e} "
-                      f"MAE {t['mae']:.4f} quantized share {t['quantized_share']:.1%} "
-                      f"{'PASS' if t['passed'] else 'fail'} ({t['seconds']:.1f} s)", flush=True)
+                trials.append(f"| {t['trial']} | {t['change']} | {t['cosine']:.5f} | {t['mse']:.2e} | {t['mae']:.4f} | "
+                              f"{t['quantized_share']:.1%} | {'yes' if t['passed'] else 'no'} | {t['seconds']:.1f} |")
+                print(trials[-1], flush=True)
             v, _, _ = sarai_onnx("validate", dict(validate, model=q["model_path"]), work)
             m, ref = v["metrics"], v["reference_metrics"]
             rows.append({"label": label, "step_s": q_s, "step_rss": q_rss, "trials": len(q.get("search", [])),
@@ -98,15 +87,20 @@ def main(argv=None):
         if not a.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine skews latency)")
+    end = f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine skews latency)."
+    print(end)
     header = ("build", "step s", "step peak RSS MiB", "trials", "kept in FP32", "quantized share", "size MiB",
               "cosine", "MSE", "MAE", "p50 ms", "FP32 p50 ms", "speedup")
-    print("\n| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        print(f"| {r['label']} | {r['step_s']:.1f} | {r['step_rss']:.0f} | {r['trials']} | "
+        lines.append(f"| {r['label']} | {r['step_s']:.1f} | {r['step_rss']:.0f} | {r['trials']} | "
               f"{', '.join(r['excluded']) or '-'} | {r['share']:.1%} | {r['size_mib']:.1f} | {r['cosine']:.5f} | "
               f"{r['mse']:.2e} | {r['mae']:.4f} | {r['p50']:.2f} | {r['fp32_p50']:.2f} | {r['speedup']:.2f}x |")
+    print("\n" + "\n".join(lines))
+    if a.results:
+        write_section(a.results, "e", "\n\n".join([
+            "## (e) Fidelity search on a talker with outlier channels (`benchmarks/fidelity_search.py`)",
+            before, setup, "\n".join(lines), "\n".join(trials), end]))
     return 0
 
 

@@ -8,13 +8,18 @@ DOCUMENTATION = r"""
 module: onnx_quantize
 short_description: Build a quantized (or FP32 reference) release directory from an ONNX model
 description:
-  - Quantizes O(src) with the quantizers onnxruntime ships and writes the release directory O(dest)
+  - Quantizes O(src) with onnxruntime's quantization and writes the release directory O(dest)
     holding exactly C(<model_name>), C(<model_name>.data) (one external data file),
     C(quantization.json) (provenance) and C(MANIFEST.sha256) (sha256sum format, every file).
+  - C(dynamic_int8) and C(fp16) run on the C(streaming) engine by default - the graph is read without
+    its weights and each weight is read, converted with onnxruntime's own functions and written one
+    at a time, so the build needs a fraction of the model's size in RAM. It writes the same files,
+    byte for byte, as the C(onnxruntime) engine (onnxruntime's quantizers on the whole model in memory).
   - Builds in a staging directory beside O(dest), loads the result with onnxruntime, then renames it
     into place; an older O(dest) is replaced only at that last step. Any failure leaves O(dest) as it was.
   - Idempotent - when C(dest/quantization.json) records the same source sha256, method and options
-    and C(dest/MANIFEST.sha256) verifies, nothing is rewritten and the result is C(ok).
+    and C(dest/MANIFEST.sha256) verifies, nothing is rewritten and the result is C(ok). The engine is
+    not compared - both engines build the same files.
   - With O(fidelity_target) (C(dynamic_int8) only), first searches for the options that keep the output
     within the target of the FP32 source on the validation inputs - the requested options, then
     C(per_channel), then the other weight type, then the most sensitive MatMuls kept in FP32 (ranked by
@@ -90,11 +95,36 @@ options:
     description: C(matmul_nbits) accuracy level of the MatMulNBits kernel (0-4). Default unset.
     type: int
     choices: [0, 1, 2, 3, 4]
+  engine:
+    description:
+      - Unset - C(streaming) for C(dynamic_int8) and C(fp16); when the model holds something the streaming
+        engine does not mirror (for C(dynamic_int8) - Attention, LSTM or EmbedLayerNormalization nodes
+        to quantize, subgraphs, FP16 weights, opset < 11, an already quantized model), the C(onnxruntime)
+        engine builds it and RV(engine_fallback_reason) says why. C(none) copies, C(matmul_nbits) runs on
+        C(onnxruntime).
+      - C(streaming) - the streaming engine or a failure naming what it does not cover (no fallback to an
+        engine that needs several times more memory).
+      - C(onnxruntime) - onnxruntime's quantizers on the whole model in memory (C(quantize_dynamic),
+        C(convert_float_to_float16)), the reference the streaming engine is tested against.
+    type: str
+    choices: [streaming, onnxruntime]
+  progress_file:
+    description:
+      - Keep a JSON progress document at this path while the task runs (for C(async) tasks; poll it
+        with M(ansible.builtin.slurp) while M(ansible.builtin.async_status) says the job is running).
+      - Written atomically on each phase change, at most about once a second while tensors are
+        processed, and at the end - C({phase, tensors_done, tensors_total, bytes_done, bytes_total,
+        elapsed_s, engine}), plus C(msg) when the phase is C(failed).
+      - Phases - C(hash_source), C(plan), C(quantize), C(load_check), C(hash_output), then C(done) or
+        C(failed). Counts are null until C(quantize) (always with the C(onnxruntime) engine).
+      - Its directory must exist. Not written in check mode.
+    type: path
   tmp_dir:
     description:
-      - Directory for temporary files. C(dynamic_int8) needs about 2x the source size there (a private
-        copy of the source, and onnxruntime's own FP32 copy); the other methods need little.
-      - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first.
+      - Directory for temporary files. Only the C(onnxruntime) engine for C(dynamic_int8) writes some -
+        onnxruntime's own FP32 copy of the model (the source size); the streaming engine writes none.
+      - Default is a scratch directory beside O(dest), removed afterwards. Free space is checked first
+        (output and temporary files, as each engine writes them).
       - The trials of a O(fidelity_target) search are built below it too (default beside O(dest)), one at a time.
     type: path
   fidelity_target:
@@ -137,8 +167,12 @@ notes:
     C(null) above); setting an option of another method is an error.
   - Supports check mode (reports what it would build, writes nothing) and diff mode (the manifest).
   - Output files are mode 0644 and the directory 0755, so a service user can read them.
-  - Memory - onnxruntime's quantizers hold several copies of the weights; C(dynamic_int8) peaked at
-    about 3x the FP32 size in RAM here (2.3 GB model).
+  - Memory (peak RSS of the whole task, measured by C(make bench), see README) - the C(streaming) engine
+    holds one 16 MiB chunk of one tensor at a time (about 150 MiB in all, measured on 0.4 and 1.6 GB
+    models); the C(onnxruntime) engine holds copies of the model (measured on 1.6 GB - C(dynamic_int8)
+    3.1x its FP32 size, C(fp16) 1.7x, C(matmul_nbits) 1.3x).
+  - The load check opens the output in onnxruntime without graph optimizations and weight pre-packing,
+    so it holds no second copy of the weights; the optimized session is measured by M(onnx_validate).
 seealso:
   - module: onnx_manifest
   - module: onnx_validate
@@ -153,6 +187,15 @@ EXAMPLES = r"""
     method: dynamic_int8
     weight_type: QInt8
   register: int8_build
+
+- name: Quantize a large model in the background and watch its progress
+  onnx_quantize:
+    src: /srv/sarai-build/models/onnx/agi_audio_core.onnx
+    dest: /srv/sarai-build/out/int8
+    progress_file: /srv/sarai-build/out/int8.progress.json
+  async: 3600
+  poll: 0
+  register: int8_job
 
 - name: Build the 4-bit variant, keeping the output projection in float
   onnx_quantize:
@@ -211,6 +254,28 @@ coverage:
     tensor_share: {description: quantized_tensors / weight_tensors., type: float}
     not_quantized: {description: Up to 20 weight names left in float., type: list}
 quantize_duration_s: {description: Seconds the quantizer took when the release was built (from quantization.json)., returned: success, type: float}
+engine:
+  description:
+    - The engine that built the release in O(dest) (C(streaming), C(onnxruntime), or C(copy) for C(none));
+      from quantization.json when nothing was rebuilt. In check mode, the engine a build would use.
+  returned: success
+  type: str
+  sample: streaming
+engine_fallback_reason:
+  description: Why the C(onnxruntime) engine built a release the streaming engine was meant to build; null otherwise.
+  returned: success
+  type: str
+peak_rss_mb:
+  description:
+    - Peak resident memory (MiB) of the process that ran this task, load check and hashing included
+      (Linux VmHWM, or the larger of it and a waited-for child's peak). When nothing was rebuilt, this
+      run's peak; the build's own is C(peak_rss_mb) in quantization.json.
+  returned: success
+  type: float
+space_needed_bytes:
+  description: In check mode when a build is due, the disk space the build would write (output and temporary files).
+  returned: check mode
+  type: int
 duration_s: {description: Seconds this task took (hashing included)., returned: success, type: float}
 manifest_path: {description: Path of MANIFEST.sha256., returned: success, type: str}
 manifest_sha256: {description: sha256 of the MANIFEST.sha256 bytes (the release id uses its first 12 hex digits)., returned: success, type: str}
@@ -279,6 +344,8 @@ def main():
             block_size=dict(type="int"),
             symmetric=dict(type="bool"),
             accuracy_level=dict(type="int", choices=[0, 1, 2, 3, 4]),
+            engine=dict(type="str", choices=["streaming", "onnxruntime"]),
+            progress_file=dict(type="path"),
             tmp_dir=dict(type="path"),
             fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
                                                            mae_max=dict(type="float"))),

@@ -33,16 +33,16 @@ def _quantize(p, check_mode):
 
     method = p.get("method") or "dynamic_int8"
     options = {k: p.get(k) for k in QUANTIZE_OPTIONS}
+    build = dict(model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode,
+                 engine=p.get("engine"), progress_file=p.get("progress_file"))
     if p.get("fidelity_target"):
         from .fidelity import quantize_to_target
 
         result = quantize_to_target(p["src"], p["dest"], method, options, p["fidelity_target"],
                                     search_budget=p.get("search_budget"), inputs=p.get("inputs"),
-                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"),
-                                    model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"), **build)
     else:
-        result = quantize(p["src"], p["dest"], method=method, model_name=p.get("model_name"), options=options,
-                          tmp_dir=p.get("tmp_dir"), check_mode=check_mode)
+        result = quantize(p["src"], p["dest"], method=method, options=options, **build)
     coverage = result.get("coverage") or result.get("planned")
     warning = coverage and low_coverage_warning(load_graph(p["src"]), result["method"], result["options"], coverage)
     if warning:
@@ -89,7 +89,8 @@ def _default(p, key, value):
 
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
-    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir") + QUANTIZE_OPTIONS + SEARCH_PARAMS),
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file")
+                 + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
                              "seed", "warmup", "runs", "gates", "fail_on_gate", "report", "progress_file")

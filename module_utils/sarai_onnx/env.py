@@ -51,6 +51,54 @@ def temp_dir_redirect(path):
             os.environ["TMPDIR"] = old_env
 
 
+def _status_mb(field):
+    """VmRSS / VmHWM of this process in MiB, or None where /proc is not available."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb():
+    """Resident set of this process now, in MiB (None where /proc is not available)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb(children=False):
+    """Peak resident set of this process in MiB: Linux VmHWM, the Windows PeakWorkingSetSize, or
+    ru_maxrss. children=True: the larger of that and the peak of the biggest child process this
+    one has waited for (RUSAGE_CHILDREN; the kernel keeps no sum over children)."""
+    peak = _status_mb("VmHWM")
+    if peak is None and sys.platform == "win32":
+        import ctypes
+        from ctypes import wintypes
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
+                        ("PeakWorkingSetSize", ctypes.c_size_t), ("WorkingSetSize", ctypes.c_size_t),
+                        ("QuotaPeakPagedPoolUsage", ctypes.c_size_t), ("QuotaPagedPoolUsage", ctypes.c_size_t),
+                        ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+                        ("QuotaNonPagedPoolUsage", ctypes.c_size_t), ("PagefileUsage", ctypes.c_size_t),
+                        ("PeakPagefileUsage", ctypes.c_size_t)]
+        c = Counters()
+        c.cb = ctypes.sizeof(c)
+        ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(),
+                                                 ctypes.byref(c), c.cb)
+        return c.PeakWorkingSetSize / 2**20  # Windows keeps no children's peak
+    unit = 2**20 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB elsewhere
+    import resource
+
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit
+    if children:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit)
+    return peak
+
+
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -132,3 +132,14 @@ def graph_inputs(model):
     """Real inputs (old IR versions also list initializers as inputs)."""
     inits = {t.name for t in model.graph.initializer}
     return value_infos([i for i in model.graph.input if i.name not in inits])
+
+
+def unique_node_names(graph):
+    """Rename duplicate node names (onnxconverter_common's fp16 pass made such invalid models)."""
+    seen = set()
+    for i, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)

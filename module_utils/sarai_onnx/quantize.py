@@ -1,24 +1,32 @@
-"""Build a release directory from an FP32 ONNX model with onnxruntime's own quantizers.
+"""Build a release directory from an FP32 ONNX model with onnxruntime's quantization.
 
 dest/ ends up holding exactly: <model_name>, <model_name>.data, quantization.json, MANIFEST.sha256
 (docs/contracts.md). The release is built in a staging dir beside dest, load-checked with
 onnxruntime, then renamed into place; any failure before that leaves dest as it was.
+
+Two engines build dynamic_int8 and fp16. `streaming` (stream_int8, stream_fp16) reads the graph
+alone and writes one weight tensor at a time, with onnxruntime's own quantization functions;
+`onnxruntime` runs onnxruntime's quantizers on the whole model in memory and is the reference the
+streaming engine is proven equal to (same files, byte for byte). none and matmul_nbits have one.
 """
 
 import contextlib
+import importlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from unittest import mock
 
 import onnx
 
 from . import env, files
-from .errors import SaraiError
+from .errors import SaraiError, StreamingUnsupported
 from .coverage import measure_coverage, planned_weights
-from .model import external_data_needs, load_full, load_graph, model_files
+from .model import external_data_needs, load_full, load_graph, model_files, unique_node_names
+from .progress import Progress
 
 METHODS = ("none", "dynamic_int8", "fp16", "matmul_nbits")
 RECORD_NAME = "quantization.json"
@@ -32,8 +40,13 @@ OPTION_DEFAULTS = {
     "matmul_nbits": {"bits": 4, "block_size": 32, "symmetric": False, "accuracy_level": None,
                      "nodes_to_exclude": [], "op_types_to_quantize": []},
 }
-# Disk needed in the staging/temp area, as a multiple of the source size (output + temp copies).
-SPACE_FACTOR = {"none": 1.0, "dynamic_int8": 2.35, "fp16": 0.6, "matmul_nbits": 0.4}
+# The engines each method can use; the first is the default.
+ENGINES = {"none": ("copy",), "dynamic_int8": ("streaming", "onnxruntime"), "fp16": ("streaming", "onnxruntime"),
+           "matmul_nbits": ("onnxruntime",)}
+# Output size of the onnxruntime engine, as (bytes of the source) - SHRINK * (bytes of the weights the
+# method rewrites); matmul_nbits as a measured share of the source (4-bit blocks with scales).
+SHRINK = {"none": 0.0, "dynamic_int8": 0.75, "fp16": 0.5}
+NBITS_OUTPUT_SHARE = 0.4
 
 
 def normalize_options(method, options):
@@ -62,6 +75,18 @@ def normalize_options(method, options):
         if opts["accuracy_level"] not in (None, 0, 1, 2, 3, 4):
             raise SaraiError(f"accuracy_level {opts['accuracy_level']!r} must be 0-4 or unset")
     return method, opts
+
+
+def check_engine(method, engine):
+    """The engine to try first, or SaraiError. None means the method's default."""
+    if engine is None:
+        return ENGINES[method][0]
+    if engine not in ("streaming", "onnxruntime"):
+        raise SaraiError(f"unknown engine {engine!r}: use streaming or onnxruntime")
+    if engine not in ENGINES[method]:
+        raise SaraiError(f"method {method} has no {engine} engine; it runs on {ENGINES[method][0]}: "
+                         "leave engine unset")
+    return engine
 
 
 def describe_model_files(paths):
@@ -116,6 +141,24 @@ def _check_space(path, needed, what):
 def extra_of(record):
     """The keys a caller added to the record with extra_record (part of the idempotence key)."""
     return {k: record.get(k) for k in record.get("extra_keys", [])}
+
+
+def space_needed(method, engine, source, source_graph, opts, plan=None):
+    """(bytes written beside dest, bytes of temporary files) by this build.
+
+    streaming writes the output only, and its plan knows the data file's size exactly. The
+    onnxruntime engine for dynamic_int8 also saves a full FP32 copy of the model in the temp dir
+    (ONNXQuantizer re-infers shapes on a saved copy); its output is estimated from the weights the
+    method rewrites.
+    """
+    graph_bytes = 2 * os.path.getsize(source["path"]) + (1 << 20)  # the output graph grows with new nodes
+    if engine == "streaming":
+        return plan.output_bytes + graph_bytes, 0
+    if method == "matmul_nbits":
+        return int(source["size_bytes"] * NBITS_OUTPUT_SHARE) + graph_bytes, 0
+    rewritten = planned_weights(source_graph, method, opts)["quantized_weight_bytes"]
+    output = source["size_bytes"] - int(SHRINK[method] * rewritten) + graph_bytes
+    return output, source["size_bytes"] if method == "dynamic_int8" else 0
 
 
 def _existing_release(dest, source, method, opts, model_name, extra):
@@ -176,27 +219,43 @@ def _build_none(src, out_path, opts):
 def _build_dynamic_int8(src, out_path, opts):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # quantize_dynamic given a path writes <dir>/model-inferred.onnx beside it, and onnx refuses
-    # external data reached through symlinks or hard links: so it gets a private copy of the
-    # source in the (redirected) temp dir. A path rather than a loaded ModelProto also saves one
-    # in-memory copy of the weights (peak RAM ~3x the model instead of ~4x).
-    work = tempfile.mkdtemp(prefix="source-")
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
+
+    # quantize_dynamic(path) writes <src dir>/<name>-inferred.onnx (the source dir may be read-only)
+    # through load_model_with_shape_infer; the same steps with that graph-only file in our temp dir
+    # leave the source alone without copying it. A path rather than a loaded ModelProto also saves
+    # one in-memory copy of the weights. A unit test proves the result equals quantize_dynamic's.
     try:
-        for path in model_files(src):
-            files.copy_file(path, os.path.join(work, os.path.relpath(path, os.path.dirname(src))))
-        quantize_dynamic(os.path.join(work, os.path.basename(src)), out_path,
-                         op_types_to_quantize=opts["op_types_to_quantize"] or None,
-                         per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
-                         weight_type=QuantType[opts["weight_type"]],
-                         nodes_to_exclude=opts["nodes_to_exclude"] or None,
-                         use_external_data_format=True)
+        with mock.patch.object(ort_quantize, "load_model_with_shape_infer", _load_model_with_shape_infer):
+            quantize_dynamic(src, out_path, op_types_to_quantize=opts["op_types_to_quantize"] or None,
+                             per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
+                             weight_type=QuantType[opts["weight_type"]],
+                             nodes_to_exclude=opts["nodes_to_exclude"] or None, use_external_data_format=True)
+    except onnx.checker.ValidationError as exc:
+        raise SaraiError(f"onnx refused the external data of {src}: {exc}; copy the files instead of linking")
+    return "onnxruntime.quantization.quantize_dynamic"
+
+
+def _load_model_with_shape_infer(model_path):
+    """quant_utils.load_model_with_shape_infer with the inferred graph written to the temp dir."""
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    work = tempfile.mkdtemp(prefix="inferred-")
+    try:
+        inferred = os.path.join(work, "model-inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(str(model_path), inferred)
+        model = onnx.load(inferred, load_external_data=False)
+        onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(model_path)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return "onnxruntime.quantization.quantize_dynamic"
+    add_infer_metadata(model)
+    return model
 
 
 def _build_fp16(src, out_path, opts):
     from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from .stream_fp16 import converter_args
 
     # Shape inference on the graph alone (no weights loaded) has no 2 GB protobuf limit;
     # the weights are attached afterwards and the converter is told not to infer again.
@@ -206,22 +265,10 @@ def _build_fp16(src, out_path, opts):
         onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(src))
     except onnx.checker.ValidationError as exc:
         raise SaraiError(f"onnx refused the external data of {src}: {exc}; copy the files instead of linking")
-    model = convert_float_to_float16(model, keep_io_types=opts["keep_io_types"], disable_shape_infer=True,
-                                     node_block_list=opts["nodes_to_exclude"] or None)
-    _unique_node_names(model.graph)
+    model = convert_float_to_float16(model, **converter_args(opts))
+    unique_node_names(model.graph)
     _save(model, out_path)
     return "onnxruntime.transformers.float16.convert_float_to_float16"
-
-
-def _unique_node_names(graph):
-    """Rename duplicate node names (onnxconverter_common's fp16 pass made such invalid models)."""
-    seen = set()
-    for i, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        while name in seen:
-            name = f"{name}_{i}"
-        node.name = name
-        seen.add(name)
 
 
 def _build_matmul_nbits(src, out_path, opts):
@@ -236,8 +283,44 @@ def _build_matmul_nbits(src, out_path, opts):
     return "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
 
 
+# The onnxruntime engine (and the copy for none), one builder per method: (src, out_path, opts) -> tool.
 BUILDERS = {"none": _build_none, "dynamic_int8": _build_dynamic_int8, "fp16": _build_fp16,
             "matmul_nbits": _build_matmul_nbits}
+STREAMING_TOOLS = {"dynamic_int8": "sarai_onnx.stream_int8 (onnxruntime.quantization.quant_utils)",
+                   "fp16": "sarai_onnx.stream_fp16 (onnxruntime.transformers.float16)"}
+
+
+def plan_streaming(src, source_graph, method, opts):
+    """The streaming engine's plan (graph only); raises StreamingUnsupported, also for anything
+    that breaks while planning (shape inference of an odd graph), so it is reported, not a traceback."""
+    from . import stream_fp16, stream_int8
+
+    try:
+        with env.stdout_to_stderr(), _quiet_quantizers():
+            return (stream_int8 if method == "dynamic_int8" else stream_fp16).plan(src, source_graph, opts)
+    except (StreamingUnsupported, SaraiError):
+        raise
+    except Exception as exc:
+        raise StreamingUnsupported(f"planning failed: {type(exc).__name__}: {exc}") from None
+
+
+def choose_engine(src, source_graph, method, opts, engine):
+    """(engine, streaming plan or None, fallback reason or None).
+
+    Unset engine: streaming when it covers the model, else onnxruntime with the reason.
+    engine=streaming: streaming or a clear error.
+    """
+    first = check_engine(method, engine)
+    if first != "streaming":
+        return first, None, None
+    try:
+        return "streaming", plan_streaming(src, source_graph, method, opts), None
+    except StreamingUnsupported as exc:
+        if engine == "streaming":
+            raise SaraiError(f"the streaming engine cannot build {method} from {src}: {exc}; use "
+                             "engine=onnxruntime (it holds the whole model in memory, several times its size)"
+                             ) from None
+        return "onnxruntime", None, f"streaming does not cover this model: {exc}"
 
 
 def _ensure_layout(out_path):
@@ -253,11 +336,20 @@ def _ensure_layout(out_path):
 
 
 def load_check(path):
-    """Raise SaraiError unless onnxruntime can build a session from the model."""
+    """Raise SaraiError unless onnxruntime can build a session from the model.
+
+    Without graph optimizations and weight pre-packing: the session still parses the model and finds
+    a CPU kernel for every node, but holds no folded or packed copy of the weights (constant folding
+    turns an FP16 model's weights back into FP32 copies: 1.4x the FP32 size, measured). The optimized
+    session is what onnx_validate measures on the server.
+    """
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
     try:
-        ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise SaraiError(f"onnxruntime cannot load the quantized model {os.path.basename(path)}: {exc}") from None
 
@@ -265,15 +357,35 @@ def load_check(path):
 # ---------------------------------------------------------------- the entry point
 
 def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tmp_dir=None,
-             check_mode=False, extra_record=None):
+             check_mode=False, extra_record=None, engine=None, progress_file=None):
     """Quantize `src` into the release directory `dest`. Returns the result dict (see RETURN docs).
 
     extra_record: more top-level keys for quantization.json (JSON values, e.g. the fidelity search);
     they are part of the idempotence key, so a release is reused only when its record holds the same.
+    engine: None (the method's default: streaming for dynamic_int8 and fp16, falling back to
+    onnxruntime for a model it does not cover), "streaming" (or fail) or "onnxruntime".
+    progress_file: keep a JSON progress document there (sarai_onnx.progress).
     """
     started = time.perf_counter()
     extra = json.loads(json.dumps(extra_record or {}))  # as it will read back from the file
     method, opts = normalize_options(method, options)
+    check_engine(method, engine)
+    progress = Progress(None if check_mode else progress_file)
+    try:
+        result = _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, engine, progress,
+                           started)
+    except SaraiError as exc:
+        progress.finish(msg=str(exc))
+        raise
+    except Exception as exc:
+        progress.finish(msg=f"{type(exc).__name__}: {exc}")
+        raise
+    progress.finish()
+    result["peak_rss_mb"] = round(env.peak_rss_mb(children=True), 1)
+    return result
+
+
+def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, engine, progress, started):
     src, dest = os.path.abspath(src), os.path.abspath(dest)
     source_graph = load_graph(src)
     src_files = model_files(src, source_graph)
@@ -281,28 +393,32 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
     _check_dest(src_files, dest)
     if tmp_dir and not os.path.isdir(tmp_dir):
         raise SaraiError(f"tmp_dir {tmp_dir} is not a directory: create it or leave tmp_dir unset")
+    progress.phase("hash_source")
     source = describe_model_files(src_files)
 
     record, reason = _existing_release(dest, source, method, opts, model_name, extra)
     if record:
         return _result(False, dest, record, reason, time.perf_counter() - started)
+    progress.phase("plan")
+    engine, plan, fallback = choose_engine(src, source_graph, method, opts, engine)
+    output_bytes, temp_bytes = space_needed(method, engine, source, source_graph, opts, plan)
     if check_mode:
         return {"changed": True, "dest": dest, "method": method, "options": opts, "reason": reason,
-                "msg": f"would build {method} release of {src} in {dest} ({reason})",
+                "msg": f"would build {method} release of {src} in {dest} with the {engine} engine ({reason})",
                 "source": source, "planned": planned_weights(source_graph, method, opts),
-                "would_replace": os.path.exists(dest)}
+                "would_replace": os.path.exists(dest), "engine": engine, "engine_fallback_reason": fallback,
+                "space_needed_bytes": output_bytes + temp_bytes}
 
-    factor = SPACE_FACTOR[method]
     parent = os.path.dirname(dest)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise SaraiError(f"dest {dest} is not writable: cannot create {parent} ({exc.strerror}); "
                          "choose a dest under a writable directory") from None
-    if tmp_dir and method == "dynamic_int8":  # the FP32 copies go to tmp_dir, the output beside dest
-        _check_space(tmp_dir, 2 * source["size_bytes"], "a source copy and onnxruntime's temporary FP32 copy")
-        factor -= 2.0
-    _check_space(parent, int(source["size_bytes"] * factor) + (16 << 20), f"the {method} release")
+    if tmp_dir and temp_bytes:  # onnxruntime's temporary FP32 copy goes to tmp_dir, the output beside dest
+        _check_space(tmp_dir, temp_bytes, "onnxruntime's temporary FP32 copy of the model")
+        temp_bytes = 0
+    _check_space(parent, output_bytes + temp_bytes + (16 << 20), f"the {method} release ({engine} engine)")
 
     old_manifest = _read_text(os.path.join(dest, files.MANIFEST_NAME))
     with files.staging_dir(dest) as stage:
@@ -316,12 +432,18 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
         t0 = time.perf_counter()
         try:
             with env.temp_dir_redirect(scratch), env.stdout_to_stderr(), _quiet_quantizers():
-                tool = BUILDERS[method](src, out_path, opts)
+                if plan is not None:
+                    progress.phase("quantize", plan.tensors_total, plan.bytes_total, engine=engine)
+                    plan.write(out_path, progress)
+                    tool = STREAMING_TOOLS[method]
+                else:
+                    progress.phase("quantize", engine=engine)
+                    tool = BUILDERS[method](src, out_path, opts)
         except SaraiError:
             raise
         except Exception as exc:
-            raise SaraiError(f"{method} quantization of {src} failed: {type(exc).__name__}: {exc}; "
-                             "dest was not touched") from None
+            raise SaraiError(f"{method} quantization of {src} ({engine} engine) failed: {type(exc).__name__}: "
+                             f"{exc}; dest was not touched") from None
         finally:
             if tmp_dir:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -329,18 +451,22 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
         _ensure_layout(out_path)
         for name in os.listdir(out_dir):
             os.chmod(os.path.join(out_dir, name), files.FILE_MODE)
+        progress.phase("load_check")
         with env.stdout_to_stderr():
             load_check(out_path)
+        progress.phase("hash_output")
         output_graph = load_graph(out_path)
         output = describe_model_files(model_files(out_path, output_graph))
         output.update(model_name=model_name, path=os.path.join(dest, model_name))
         record = {
             "schema": 1, "method": method, "options": opts, "tool": tool,
+            "engine": engine, "engine_fallback_reason": fallback,
             "source": dict(source, model_name=os.path.basename(src)),
             "output": output,
             "ratio": round(output["size_bytes"] / source["size_bytes"], 4),
             "coverage": measure_coverage(source_graph, output_graph),
             "duration_s": round(quantize_s, 3),
+            "peak_rss_mb": round(env.peak_rss_mb(children=True), 1),
             **env.provenance(),
         }
         if extra:
@@ -352,7 +478,8 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
         os.chmod(out_dir, files.DIR_MODE)
         files.fsync_tree(out_dir)
         files.replace_dir(out_dir, dest)
-    result = _result(True, dest, record, f"built {method} release", time.perf_counter() - started)
+    result = _result(True, dest, record, f"built {method} release with the {engine} engine",
+                     time.perf_counter() - started)
     result["diff"] = {"before_header": os.path.join(dest, files.MANIFEST_NAME), "before": old_manifest or "",
                       "after_header": os.path.join(dest, files.MANIFEST_NAME), "after": manifest}
     return result
@@ -379,6 +506,9 @@ def _result(changed, dest, record, reason, elapsed):
         "source_size_bytes": record["source"]["size_bytes"], "source_sha256": record["source"]["sha256"],
         "output_sha256": record["output"]["sha256"], "ratio": record["ratio"],
         "coverage": record["coverage"], "quantize_duration_s": record["duration_s"],
+        # Releases recorded before there were two engines were all built by onnxruntime's.
+        "engine": record.get("engine", "copy" if record["method"] == "none" else "onnxruntime"),
+        "engine_fallback_reason": record.get("engine_fallback_reason"),
         "duration_s": round(elapsed, 3), "manifest_path": manifest_path,
         "manifest_sha256": manifest_sha, "release_sha12": manifest_sha[:12],
         "record_path": os.path.join(dest, RECORD_NAME),

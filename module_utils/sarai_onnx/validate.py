@@ -21,7 +21,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -122,47 +121,10 @@ def _fmt(value):
 
 # ---------------------------------------------------------------- measurement (child process)
 
-def _rss_mb(field):
-    """VmRSS / VmHWM of this process in MiB, or None where /proc is not available."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb():
-    peak = _rss_mb("VmHWM")
-    if peak is not None:
-        return peak
-    if sys.platform == "win32":
-        import ctypes
-        from ctypes import wintypes
-
-        class Counters(ctypes.Structure):
-            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
-                        ("PeakWorkingSetSize", ctypes.c_size_t), ("WorkingSetSize", ctypes.c_size_t),
-                        ("QuotaPeakPagedPoolUsage", ctypes.c_size_t), ("QuotaPagedPoolUsage", ctypes.c_size_t),
-                        ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
-                        ("QuotaNonPagedPoolUsage", ctypes.c_size_t), ("PagefileUsage", ctypes.c_size_t),
-                        ("PeakPagefileUsage", ctypes.c_size_t)]
-        c = Counters()
-        c.cb = ctypes.sizeof(c)
-        ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(),
-                                                 ctypes.byref(c), c.cb)
-        return c.PeakWorkingSetSize / 2**20
-    import resource
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
-
-
 def _worker_main(model, session_options, names, inputs_path, outputs_path, warmup, conn):
     """Child: load the model, run once (reply), warm up (reply), then serve ("run", n) until ("stop",)."""
     try:
-        baseline = _rss_mb("VmRSS")
+        baseline = env.rss_mb()
         with np.load(inputs_path, allow_pickle=False) as data:  # arrays by position: any input name works
             feeds = {name: data[f"arr_{i}"] for i, name in enumerate(names)}
         t0 = time.perf_counter()
@@ -190,7 +152,7 @@ def _worker_main(model, session_options, names, inputs_path, outputs_path, warmu
                 session.run(None, feeds)
                 times.append((time.perf_counter() - t0) * 1000.0)
             conn.send({"ok": True, "times_ms": times})
-        conn.send({"ok": True, "peak_rss_mb": _peak_rss_mb()})
+        conn.send({"ok": True, "peak_rss_mb": env.peak_rss_mb()})
     except Exception as exc:  # reported to the parent, which raises SaraiError naming the model
         conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
     finally:

@@ -50,6 +50,14 @@ def talker_outliers(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_talker(tmp_path_factory):
+    """A one-layer talker (~0.2 MB) for tests that build many releases."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    build_talker_model(str(path), hidden=64, vocab=128, layers=1, seed=2)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def releases(talker, tmp_path_factory):
     """Release dirs built once: {method: quantize() result}."""
     base = tmp_path_factory.mktemp("releases")

@@ -38,6 +38,16 @@ def test_quantize_module_builds_then_is_idempotent(talker, tmp_path, capsys):
     assert code == 0 and not again["changed"] and again["manifest_sha256"] == r["manifest_sha256"]
 
 
+def test_quantize_module_onnxruntime_engine_and_progress_file(tiny_talker, tmp_path, capsys):
+    progress = tmp_path / "progress.json"
+    code, r = run_module("onnx_quantize", {"src": tiny_talker, "dest": str(tmp_path / "int8"),
+                                           "engine": "onnxruntime", "progress_file": str(progress)}, capsys)
+    assert code == 0 and r["changed"] and r["engine"] == "onnxruntime" and r["peak_rss_mb"] > 0
+    assert json.loads(progress.read_text())["phase"] == "done"
+    code, r = run_module("onnx_quantize", {"src": tiny_talker, "dest": str(tmp_path / "x"), "engine": "gpu"}, capsys)
+    assert code == 1 and "engine" in r["msg"] and "gpu" in r["msg"]
+
+
 def test_quantize_module_check_mode_and_bad_option(talker, tmp_path, capsys):
     code, r = run_module("onnx_quantize", {"src": talker, "dest": str(tmp_path / "fp16"), "method": "fp16",
                                            "_ansible_check_mode": True}, capsys)
@@ -82,8 +92,10 @@ def _cli(command, params, tmp_path, *extra):
 
 def test_cli_runs_the_same_code_as_the_modules(talker, tmp_path):
     dest = str(tmp_path / "out" / "int8")
-    rc, r = _cli("quantize", {"src": talker, "dest": dest, "method": "dynamic_int8"}, tmp_path)
-    assert rc == 0 and r["changed"] and r["failed"] is False and r["ratio"] <= 0.26
+    rc, r = _cli("quantize", {"src": talker, "dest": dest, "method": "dynamic_int8",
+                              "progress_file": str(tmp_path / "progress.json")}, tmp_path)
+    assert rc == 0 and r["changed"] and r["failed"] is False and r["ratio"] <= 0.26 and r["engine"] == "streaming"
+    assert json.loads((tmp_path / "progress.json").read_text())["phase"] == "done"
     rc, r = _cli("manifest", {"path": dest, "state": "verified"}, tmp_path)
     assert rc == 0 and r["verified"]
     rc, r = _cli("info", {"path": os.path.join(dest, os.path.basename(talker))}, tmp_path)
@@ -107,6 +119,7 @@ def test_ansible_cli_quantize_changed_then_ok_and_check_mode(talker, tmp_path):
     rc, first = ansible_adhoc("onnx_quantize", args)
     first_s = time.perf_counter() - started
     assert rc == 0 and first["changed"] is True and first["ratio"] <= 0.26, first
+    assert first["engine"] == "streaming" and first["engine_fallback_reason"] is None and first["peak_rss_mb"] > 0
     before = snapshot(dest)
     rc, second = ansible_adhoc("onnx_quantize", args)
     assert rc == 0 and second["changed"] is False and second["duration_s"] < first_s

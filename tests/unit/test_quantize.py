@@ -119,18 +119,24 @@ def test_read_only_source_directory_works(model_copy, tmp_path):
         os.chmod(src_dir, 0o755)
 
 
-def test_failed_build_leaves_existing_release_untouched(releases, talker, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["streaming", "onnxruntime"])
+def test_failed_build_leaves_existing_release_untouched(releases, talker, tmp_path, monkeypatch, engine):
+    from sarai_onnx import stream_int8
+
     dest = tmp_path / "int8"
     shutil.copytree(releases["dynamic_int8"]["dest"], dest)
     before = snapshot(dest)
 
-    def half_written(src, out_path, opts):
+    def half_written(*args):
+        out_path = args[1]
         open(out_path, "wb").write(b"half a model")
         raise RuntimeError("disk on fire")
 
     monkeypatch.setitem(q.BUILDERS, "dynamic_int8", half_written)
-    with pytest.raises(SaraiError, match="dynamic_int8 quantization of .* failed: RuntimeError: disk on fire"):
-        quantize(talker, str(dest), method="dynamic_int8", options={"per_channel": True})
+    monkeypatch.setattr(stream_int8.Plan, "write", half_written)
+    with pytest.raises(SaraiError, match=f"dynamic_int8 quantization of .* \\({engine} engine\\) failed: "
+                                         "RuntimeError: disk on fire"):
+        quantize(talker, str(dest), method="dynamic_int8", options={"per_channel": True}, engine=engine)
     assert snapshot(dest) == before
     assert sorted(os.listdir(tmp_path)) == ["int8"]
 
@@ -143,7 +149,7 @@ def test_unloadable_output_is_never_installed(talker, tmp_path, monkeypatch):
     monkeypatch.setitem(q.BUILDERS, "fp16", garbage)
     monkeypatch.setattr(q, "_ensure_layout", lambda path: None)
     with pytest.raises(SaraiError, match="onnxruntime cannot load"):
-        quantize(talker, str(tmp_path / "fp16"), method="fp16")
+        quantize(talker, str(tmp_path / "fp16"), method="fp16", engine="onnxruntime")
     assert os.listdir(tmp_path) == []
 
 
