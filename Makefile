@@ -9,7 +9,7 @@ export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
 MODULES := $(basename $(notdir $(wildcard library/*.py)))
 PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
-SCENARIOS ?= lab default rollback failure
+SCENARIOS ?= lab default rollback failure canary lock
 
 .PHONY: venv test unit lint docs-check syntax molecule lab lab-down demo bench clean
 
