@@ -11,7 +11,7 @@ MODULES := $(basename $(notdir $(wildcard library/*.py)))
 PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
 SCENARIOS ?= lab default rollback failure canary lock
 
-.PHONY: venv test unit lint docs-check syntax molecule lab lab-down demo bench clean
+.PHONY: venv test unit integration lint docs-check syntax molecule lab lab-down demo bench clean
 
 # The Debian packages first (python3-venv, systemd-container, debootstrap...), only if one is missing.
 $(VENV)/.installed: pyproject.toml requirements-apt.txt
@@ -24,10 +24,15 @@ $(VENV)/.installed: pyproject.toml requirements-apt.txt
 
 venv: $(VENV)/.installed
 
-test: venv lint docs-check syntax unit molecule
+test: venv lint docs-check syntax unit integration molecule
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
+
+# Real ansible-playbook runs on this machine (no lab): the deploy lock between runs, and the
+# rollout's batches, failure counting and summary with stand-in roles on four local hosts.
+integration: venv
+	$(BIN)/pytest -q tests/integration
 
 lint: venv
 	$(BIN)/ansible-lint --profile production --strict -q
