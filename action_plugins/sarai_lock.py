@@ -121,6 +121,12 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         dummy, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if getattr(self._connection._shell, "SHELL_FAMILY", "") == "powershell":
+            # The module is Python; a PowerShell twin (library/sarai_lock.ps1) is not written yet.
+            self._display.warning("sarai_lock cannot lock %s on %s yet (no Windows implementation): that "
+                                  "directory is not protected against a concurrent run." % (
+                                      args["path"], task_vars.get("inventory_hostname")))
+            return dict(result, skipped=True, msg="no lock on a Windows host")
         run = this_run()
 
         def module(**module_args):

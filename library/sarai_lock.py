@@ -59,6 +59,7 @@ attributes:
     details: Reports whether the lock could be taken; writes nothing.
   platform:
     platforms: posix
+    details: On a Windows host (a Windows build host) the task is skipped with a warning; there is no PowerShell twin yet.
 notes:
   - Needs the action plugin C(action_plugins/sarai_lock.py) (ansible.cfg C(action_plugins)); the module on
     its own is given the holder record by it.

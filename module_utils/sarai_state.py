@@ -200,6 +200,8 @@ def rollback_target(state, switched, variant=None, leaving=None):
     for candidate in running + history:
         if candidate.get("id") in bad or candidate.get("id") == leaving:
             continue
+        if not candidate.get("model_name"):  # written by state schema 1: not a release record
+            continue
         if variant and candidate.get("variant") != variant:
             continue
         return normalize_release(candidate, "history entry %s" % candidate.get("id"))

@@ -73,6 +73,16 @@ def test_rollback_target_is_a_release_record_without_history_fields():
     assert target == INT8
 
 
+def test_schema_1_history_entries_are_not_rollback_targets(tmp_path):
+    path = tmp_path / "sarai_model.fact"
+    path.write_text(json.dumps({"current": {"id": INT8["id"]}, "previous": {"id": "fp32-000000000000"},
+                                "history": [{"id": "fp32-000000000000", "variant": "fp32", "model_path": "/r/m.onnx"}],
+                                "bad_releases": []}))
+    state = sarai_state.load_state(str(path))
+    assert set(state) == {"schema", "history", "bad_releases"}
+    assert sarai_state.rollback_target(state, INT8["id"]) is None
+
+
 def test_validation_clears_bad_mark_and_is_idempotent():
     state = switches(INT8)
     state = sarai_state.record_failed(state, INT8["id"])
