@@ -9,9 +9,9 @@ export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
 MODULES := $(basename $(notdir $(wildcard library/*.py)))
 PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
-SCENARIOS ?= lab default rollback failure
+SCENARIOS ?= lab default rollback failure canary lock
 
-.PHONY: venv test unit unit-slow lint docs-check syntax ee-check molecule lab lab-down demo bench clean
+.PHONY: venv test unit unit-slow integration lint docs-check syntax ee-check molecule lab lab-down demo bench clean
 
 # The Debian packages first (python3-venv, systemd-container, debootstrap...), only if one is missing.
 $(VENV)/.installed: pyproject.toml requirements-apt.txt
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements-apt.txt
 
 venv: $(VENV)/.installed
 
-test: venv lint docs-check syntax ee-check unit unit-slow molecule
+test: venv lint docs-check syntax ee-check unit unit-slow integration molecule
 
 unit: venv
 	$(BIN)/pytest -q -m "not slow" tests/unit
@@ -38,6 +38,11 @@ ee-check: venv
 	@ctx=$$(mktemp -d) && trap 'rm -rf "$$ctx"' EXIT && \
 	  $(BIN)/ansible-builder create -f execution-environment.yml -c "$$ctx" --output-filename Containerfile >/dev/null && \
 	  test -s "$$ctx/Containerfile" && echo "ansible-builder create ok: execution-environment.yml"
+
+# Real ansible-playbook runs on this machine (no lab): the deploy lock between runs, and the
+# rollout's batches, failure counting and summary with stand-in roles on four local hosts.
+integration: venv
+	$(BIN)/pytest -q tests/integration
 
 lint: venv
 	$(BIN)/ansible-lint --profile production --strict -q

@@ -6,14 +6,18 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: sarai_release_state
-short_description: Record which model release an inference host runs, ran before, and must never run again
+short_description: Record the switches of a SARAi inference host, the releases marked bad, and where a rollback lands
 description:
-  - Keeps the deployment state of one SARAi inference host in a JSON local fact
+  - Keeps the deployment history of one SARAi inference host in a JSON local fact
     (C(/etc/ansible/facts.d/sarai_model.fact) by default), read back as C(ansible_local.sarai_model).
-  - Records a switch to a release (the old current becomes C(previous)), a passed validation, or a
-    failure (the release is marked bad so that no rollback lands on it).
-  - Always returns the release a rollback would land on now.
+  - What runs is not stored - it is the release the service's config names (O(config),
+    C(audio_omni.deployment.release) of sarai.yaml); the state keeps the history of switches that
+    reached a healthy service (with whether each passed validation) and the releases marked bad.
+  - Records a switch to a release, a passed validation, or a failure (the release is marked bad so
+    that no rollback lands on it). Always returns what runs, what ran before and the release a
+    rollback would land on now (the one rollback rule, C(module_utils/sarai_state.py)).
   - Writes atomically; unchanged state is not rewritten, so repeated runs report C(ok).
+  - Reading O(config) needs PyYAML on the target's Python (the runtime venv has it).
 version_added: "0.1.0"
 author: sarai-deploy
 options:
@@ -21,10 +25,15 @@ options:
     description: The state file.
     type: path
     default: /etc/ansible/facts.d/sarai_model.fact
+  config:
+    description: The service's sarai.yaml; the release it names is what runs. A missing file or one without
+      C(audio_omni.deployment) means no managed release runs.
+    type: path
+    required: true
   event:
     description:
-      - C(switched) records that the service now points at O(release).
-      - C(validated) records that O(release) passed validation (clears a bad mark).
+      - C(switched) records that the service is healthy on O(release) (after sarai.yaml names it).
+      - C(validated) records that O(release), which runs, passed validation (clears a bad mark).
       - C(failed) marks O(release) bad.
       - C(read) changes nothing and only returns the state.
     type: str
@@ -32,26 +41,26 @@ options:
     default: read
   release:
     description:
-      - The release concerned; required unless O(event=read).
-      - Keys C(id), C(variant), C(model_path) are required, C(manifest_sha256) is recorded when given.
+      - The release record concerned; required unless O(event=read).
+      - Keys C(id), C(variant), C(model_name) are required; C(manifest_sha256) and C(catalog) are recorded when given.
     type: dict
   reason:
-    description: Why the switch happened, recorded in the history (C(deploy) or C(rollback)).
+    description: Why the switch happened, recorded in the history.
     type: str
-    choices: [deploy, rollback]
+    choices: [deploy, rollback, tune]
     default: deploy
   baseline:
     description:
-      - With O(event=switched) on a host that has no recorded current release, this release becomes
-        C(previous), so a first deploy can still be rolled back (to the FP32 reference).
+      - With O(event=switched) on a host with no history, this release is recorded first, so a first
+        deploy can still be rolled back (to the FP32 reference).
     type: dict
   rollback_variant:
     description: Restrict the returned rollback target to releases of this variant.
     type: str
   leaving:
     description:
-      - Id of the release a rollback abandons (default the current one). When the service does not
-        run it (a deploy failed before its switch was recorded), the current release is the target.
+      - Id of the release a rollback abandons (default the one that runs). When the service runs another
+        one (a deploy failed before it switched), the running release is the target.
     type: str
   keep:
     description: How many releases cleanup keeps; sets the returned RV(releases_to_keep).
@@ -62,40 +71,51 @@ notes:
 """
 
 EXAMPLES = r"""
-- name: Record the switch to the INT8 release
+- name: Record the switch to the INT8 release once the service is healthy on it
   sarai_release_state:
+    config: /opt/sarai/config/sarai.yaml
     event: switched
     release:
       id: int8-0123456789ab
       variant: int8
-      model_path: /opt/sarai/models/releases/int8-0123456789ab/agi_audio_core_int8.onnx
+      model_name: agi_audio_core_int8.onnx
     baseline:
       id: fp32-ba9876543210
       variant: fp32
-      model_path: /opt/sarai/models/releases/fp32-ba9876543210/agi_audio_core.onnx
+      model_name: agi_audio_core.onnx
 
 - name: Find where a rollback would land
   sarai_release_state:
-    event: read
+    config: /opt/sarai/config/sarai.yaml
   register: sarai_state
 """
 
 RETURN = r"""
 state:
-  description: The state after the event.
+  description: The state after the event (what the local fact holds).
   returned: always
   type: dict
   contains:
-    current: {description: Release the service points at, with time, event and validated., type: dict}
-    previous: {description: Release it pointed at before., type: dict}
+    history: {description: The last 20 switches that reached a healthy service, oldest first., type: list}
     bad_releases: {description: Release ids that failed and must not be rolled back to., type: list}
-    history: {description: The last 20 switches, oldest first., type: list}
+switched:
+  description: The release id sarai.yaml names (what runs), or null.
+  returned: always
+  type: str
+current:
+  description: The history entry of what runs (with C(validated)), or null when its switch was never recorded.
+  returned: always
+  type: dict
+previous:
+  description: The newest recorded switch to another release, or null.
+  returned: always
+  type: dict
 rollback_target:
-  description: The release a rollback would land on (newest good release other than the one left), or null.
+  description: The release record a rollback would land on (newest good release other than the one left), or null.
   returned: always
   type: dict
 releases_to_keep:
-  description: Release ids cleanup must keep (current, previous, then the newest, O(keep) in all).
+  description: Release ids cleanup must keep (running, previous, then the newest, O(keep) in all).
   returned: always
   type: list
   elements: str
@@ -104,7 +124,9 @@ releases_to_keep:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sarai_state import (
     StateError,
+    current_entry,
     load_state,
+    previous_entry,
     record_failed,
     record_switch,
     record_validated,
@@ -112,20 +134,21 @@ from ansible.module_utils.sarai_state import (
     render,
     rollback_target,
     save_state,
+    switched_release,
 )
 
 
-def apply_event(params, state):
+def apply_event(params, state, switched):
     event = params["event"]
     release = params["release"]
     if event == "read":
         return state
     if not release:
-        raise StateError("event=%s needs `release` (a dict with id, variant, model_path)" % event)
+        raise StateError("event=%s needs `release` (a record with id, variant, model_name)" % event)
     if event == "switched":
         return record_switch(state, release, event=params["reason"], baseline=params["baseline"])
     if event == "validated":
-        return record_validated(state, release.get("id"))
+        return record_validated(state, release.get("id"), switched)
     return record_failed(state, release.get("id"))
 
 
@@ -133,9 +156,10 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", default="/etc/ansible/facts.d/sarai_model.fact"),
+            config=dict(type="path", required=True),
             event=dict(type="str", default="read", choices=["switched", "validated", "failed", "read"]),
             release=dict(type="dict"),
-            reason=dict(type="str", default="deploy", choices=["deploy", "rollback"]),
+            reason=dict(type="str", default="deploy", choices=["deploy", "rollback", "tune"]),
             baseline=dict(type="dict"),
             rollback_variant=dict(type="str"),
             leaving=dict(type="str"),
@@ -145,19 +169,24 @@ def main():
     )
     path = module.params["path"]
     try:
+        switched = switched_release(module.params["config"])
         before = load_state(path)
-        after = apply_event(module.params, before)
+        after = apply_event(module.params, before, switched)
         changed = after != before
         if changed and not module.check_mode:
             save_state(path, after)
+        result = dict(
+            changed=changed,
+            state=after,
+            switched=switched,
+            current=current_entry(after, switched),
+            previous=previous_entry(after, switched),
+            rollback_target=rollback_target(after, switched, module.params["rollback_variant"],
+                                            module.params["leaving"]),
+            releases_to_keep=releases_to_keep(after, switched, module.params["keep"]),
+        )
     except (StateError, OSError) as exc:
         module.fail_json(msg="sarai state %s: %s" % (path, exc))
-    result = dict(
-        changed=changed,
-        state=after,
-        rollback_target=rollback_target(after, module.params["rollback_variant"], module.params["leaving"]),
-        releases_to_keep=releases_to_keep(after, module.params["keep"]),
-    )
     if module._diff and changed:
         result["diff"] = dict(before=render(before), after=render(after), before_header=path, after_header=path)
     module.exit_json(**result)
