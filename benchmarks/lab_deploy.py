@@ -96,7 +96,8 @@ def releases(out):
     for p in out.get("plays", []):
         for t in p["tasks"]:
             for r in t["hosts"].values():
-                found = r.get("ansible_facts", {}).get("model_build_releases", found)
+                for one in [r] + r.get("results", []):  # a loop's facts are in its items' results
+                    found = one.get("ansible_facts", {}).get("model_build_releases", found)
     return found
 
 
