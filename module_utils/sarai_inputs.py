@@ -31,7 +31,8 @@ MODEL_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.onnx$")
 PERCENT = re.compile(r"^([0-9]+)%$")
 # What a rollback reads from a variant (it renders sarai.yaml); a deploy also builds and validates.
 ROLLBACK_KEYS = ("display_name", "file", "max_memory_mb")
-VARIANT_KEYS = ROLLBACK_KEYS + ("quantization", "gates")
+# fidelity_target, search_budget and engine go to onnx_quantize as they are (roles/model_build), which checks them.
+VARIANT_KEYS = ROLLBACK_KEYS + ("quantization", "gates", "fidelity_target", "search_budget", "engine")
 GATE_EXAMPLES = {"cosine_min": 0.98, "mse_max": 0.01, "mae_max": 0.05, "speedup_min": 2.0,
                  "p50_max_ms": 300, "p99_max_ms": 500, "rss_max_mb": 1500,
                  SHAPES_GATE: {"logits": [1, 16, 1024]}}

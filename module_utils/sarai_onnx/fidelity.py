@@ -29,7 +29,7 @@ from .coverage import planned_weights
 from .errors import SaraiError
 from .inputs import generate_inputs, load_npz
 from .model import graph_inputs, load_graph, model_files
-from .quantize import RECORD_NAME, describe_model_files, extra_of, normalize_options, quantize
+from .quantize import RECORD_NAME, describe_source, extra_of, normalize_options, quantize
 from .sensitivity import rank_matmuls
 from .session import make_session
 from .validate import GATES, compare, evaluate_gates, normalize_gates
@@ -312,7 +312,7 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
                                                 for k, v in feeds.items()},
                                      "inputs_sha256": feeds_digest(feeds)}))
     build_kwargs = dict(build_kwargs, tmp_dir=tmp_dir)
-    source_sha256 = describe_model_files(model_files(src, source_graph))["sha256"]
+    source_sha256 = describe_source(model_files(src, source_graph), dest)["sha256"]
     record = _recorded(dest, request, source_sha256)
     if record:  # built for this request before: reuse it, or rebuild those options if it was damaged
         extra = extra_of(record)

@@ -97,6 +97,31 @@ def describe_model_files(paths):
             "sha256": files.sha256_bytes(files.manifest_text(listing).encode())}
 
 
+def stat_key(path):
+    """What says a file is unchanged without reading it: size, mtime and ctime (ns), inode, device.
+    ctime changes with any write or utime() call, so a file rewritten with its mtime put back differs."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def describe_source(src_files, dest):
+    """describe_model_files(src_files) plus `stat` (name -> stat_key), without reading the files when
+    dest's quantization.json recorded the same files with the same stat keys: an unchanged rerun does not
+    hash a multi-GB source again. The keys are taken before hashing, so a file that changes while it is
+    hashed does not match next time."""
+    base = os.path.dirname(src_files[0])
+    stats = {os.path.relpath(p, base): stat_key(p) for p in src_files}
+    try:
+        with open(os.path.join(dest, RECORD_NAME)) as fh:
+            recorded = json.load(fh)["source"]
+        if recorded["path"] == src_files[0] and recorded.get("stat") == stats:
+            return {"path": recorded["path"], "files": recorded["files"], "size_bytes": recorded["size_bytes"],
+                    "sha256": recorded["sha256"], "stat": stats, "hashed": False}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return dict(describe_model_files(src_files), stat=stats, hashed=True)
+
+
 # ---------------------------------------------------------------- checks before any write
 
 def _check_model_name(name):
@@ -394,10 +419,12 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
     if tmp_dir and not os.path.isdir(tmp_dir):
         raise SaraiError(f"tmp_dir {tmp_dir} is not a directory: create it or leave tmp_dir unset")
     progress.phase("hash_source")
-    source = describe_model_files(src_files)
+    source = describe_source(src_files, dest)
 
     record, reason = _existing_release(dest, source, method, opts, model_name, extra)
     if record:
+        if not source["hashed"]:
+            reason += " (source unchanged since that build - size, mtime, ctime, inode - so not hashed again)"
         return _result(False, dest, record, reason, time.perf_counter() - started)
     progress.phase("plan")
     engine, plan, fallback = choose_engine(src, source_graph, method, opts, engine)
@@ -461,7 +488,7 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
         record = {
             "schema": 1, "method": method, "options": opts, "tool": tool,
             "engine": engine, "engine_fallback_reason": fallback,
-            "source": dict(source, model_name=os.path.basename(src)),
+            "source": dict({k: v for k, v in source.items() if k != "hashed"}, model_name=os.path.basename(src)),
             "output": output,
             "ratio": round(output["size_bytes"] / source["size_bytes"], 4),
             "coverage": measure_coverage(source_graph, output_graph),

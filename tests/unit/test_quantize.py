@@ -83,6 +83,38 @@ def test_second_run_is_unchanged_and_rewrites_nothing(releases, talker):
     assert {n: os.stat(os.path.join(r["dest"], n)).st_mtime_ns for n in os.listdir(r["dest"])} == mtimes
 
 
+def test_unchanged_source_is_not_hashed_again(model_copy, tmp_path, monkeypatch):
+    dest = str(tmp_path / "int8")
+    first = quantize(model_copy, dest, method="dynamic_int8")
+    assert first["changed"]
+    hashed = []
+    real = q.files.sha256_file
+    monkeypatch.setattr(q.files, "sha256_file", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    again = quantize(model_copy, dest, method="dynamic_int8")
+    assert not again["changed"] and "not hashed again" in again["msg"]
+    assert not [p for p in hashed if p.startswith(os.path.dirname(model_copy))]  # the release is still verified
+    assert hashed and all(p.startswith(dest) for p in hashed)
+
+    # Same bytes rewritten (new ctime): hashed again, same sha256, so reused without a rebuild.
+    with open(model_copy + ".data", "r+b") as fh:
+        head = fh.read(4)
+        fh.seek(0)
+        fh.write(head)
+    hashed.clear()
+    same = quantize(model_copy, dest, method="dynamic_int8")
+    assert not same["changed"] and "not hashed again" not in same["msg"]
+    assert model_copy + ".data" in hashed
+
+    # Different bytes with the size and mtime put back: ctime tells, the release is rebuilt.
+    st = os.stat(model_copy + ".data")
+    with open(model_copy + ".data", "r+b") as fh:
+        fh.seek(st.st_size - 4)
+        fh.write(b"\1\2\3\4")
+    os.utime(model_copy + ".data", ns=(st.st_atime_ns, st.st_mtime_ns))
+    rebuilt = quantize(model_copy, dest, method="dynamic_int8")
+    assert rebuilt["changed"] and rebuilt["source_sha256"] != first["source_sha256"]
+
+
 def test_other_options_or_damaged_release_are_rebuilt(talker, tmp_path):
     dest = str(tmp_path / "int8")
     first = quantize(talker, dest, method="dynamic_int8")

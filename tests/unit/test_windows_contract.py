@@ -47,7 +47,9 @@ def windows(tmp_path_factory):
         variables.update(loader.load_from_file(str(ROLE / part / "main.yml"), trusted_as_template=True))
     variables.update(sarai_build_source=str(source), sarai_build_dir=str(base / "build"),
                      sarai_build_python=sys.executable, sarai_build_tools_dir=str(base / "tools"),
-                     role_path=str(ROLE), item="int8")
+                     role_path=str(ROLE), item="int8",
+                     # The build host's validation inputs, which the int8 variant's fidelity search uses.
+                     sarai_validation_input_shapes={"hidden_states": [1, 4, 64]})
     tasks = loader.load_from_file(str(ROLE / "tasks" / "windows.yml"), trusted_as_template=True)
     return {"tasks": tasks, "templar": Templar(loader=loader, variables=variables), "base": base}
 
@@ -94,6 +96,11 @@ def test_windows_quantize_command_honours_the_contract(windows):
     params = _write_params(windows)
     assert params["method"] == "dynamic_int8" and params["model_name"] == "agi_audio_core_int8.onnx"
     assert params["dest"] == windows["templar"].resolve_variable_expression("model_build_dir") + "\\int8"
+    # The variant's fidelity search travels in the same file, with the validation inputs.
+    catalog = windows["templar"].resolve_variable_expression("model_build_catalog")["int8"]
+    assert params["fidelity_target"] == catalog["fidelity_target"]
+    assert params["search_budget"] == catalog["search_budget"]
+    assert params["input_shapes"] == {"hidden_states": [1, 4, 64]}
 
     first, changed, argv = _run_quantize(windows)
     assert argv[:5] == [sys.executable, "-m", "sarai_onnx", "quantize", "--params"]
@@ -115,3 +122,4 @@ def test_windows_quantize_command_honours_the_contract(windows):
     again = json.loads(second.stdout)
     assert changed_again is False and again["changed"] is False
     assert again["release_sha12"] == result["release_sha12"]
+    assert result["fidelity"]["passed"] and again["search"] == result["search"]
