@@ -39,8 +39,9 @@ ee-check: venv
 	  $(BIN)/ansible-builder create -f execution-environment.yml -c "$$ctx" --output-filename Containerfile >/dev/null && \
 	  test -s "$$ctx/Containerfile" && echo "ansible-builder create ok: execution-environment.yml"
 
-# Real ansible-playbook runs on this machine (no lab): the deploy lock between runs, and the
-# rollout's batches, failure counting and summary with stand-in roles on four local hosts.
+# Real ansible-playbook runs on this machine: the deploy lock between runs, and the rollout's batches,
+# failure counting and summary with stand-in roles on four local hosts; then, through ansible-runner,
+# deploy, validate and rollback on the lab (brought up and reset by the tests; SARAI_LAB_INSTANCE honoured).
 integration: venv
 	$(BIN)/pytest -q tests/integration
 
@@ -67,10 +68,10 @@ lab: venv
 lab-down: venv
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_down.yml
 
-# A demo model of realistic shape (~80M parameters, ~320 MB FP32 with external data).
-DEMO_MODEL ?= -e '{"lab_model_hidden": 1024, "lab_model_layers": 6, "lab_model_vocab": 8192}'
+# The lab inventory's model, shape and validation inputs (inventory/lab/group_vars/all), so every
+# README command that follows works on the same lab as written.
 demo: venv
-	$(BIN)/ansible-playbook -i inventory/lab playbooks/demo.yml $(DEMO_MODEL)
+	$(BIN)/ansible-playbook -i inventory/lab playbooks/demo.yml
 
 # Every benchmark in one run; each rewrites its own section of benchmarks/RESULTS.md.
 bench: venv

@@ -65,6 +65,18 @@ STUB_ROLES = {
 }
 # Tasks entry points the playbook includes.
 STUB_ENTRY_POINTS = {"model_transfer": ["fetch", "cleanup"]}
+# sarai_rollout's summary page (model_validate's `fleet`): keep the hosts it is given, to check them.
+STUB_FLEET = """
+- name: Keep the fleet hosts
+  ansible.builtin.copy:
+    content: "{{ model_validate_fleet_hosts | to_json }}"
+    dest: "{{ sarai_reports_dir }}/fleet.json"
+    mode: "0644"
+  delegate_to: localhost
+- name: Publish
+  ansible.builtin.set_fact:
+    model_validate_fleet_report: {files: {html: "{{ sarai_reports_dir }}/fleet.html"}}
+"""
 
 
 def _lab(tmp_path):
@@ -73,6 +85,7 @@ def _lab(tmp_path):
         tasks_dir.mkdir(parents=True)
         for entry in ["main"] + STUB_ENTRY_POINTS.get(role, []):
             (tasks_dir / f"{entry}.yml").write_text("---\n" + tasks.lstrip())
+    (tmp_path / "stub_roles" / "model_validate" / "tasks" / "fleet.yml").write_text("---\n" + STUB_FLEET.lstrip())
     base = str(tmp_path / "hosts")
     inventory = {"all": {
         "vars": {
@@ -130,6 +143,10 @@ def test_a_failing_canary_stops_the_rollout(tmp_path):
     assert [(h["host"], h["outcome"]) for h in summary["hosts"]] == [("h1", "rolled back")]
     assert summary["not_reached"] == ["h2", "h3", "h4"]
     assert not any(_ran_on(out, host) for host in ("h2", "h3", "h4"))
+    # The summary page gets every host, the ones not reached too.
+    fleet = json.loads((lab / "reports" / "fleet.json").read_text())
+    assert [(h["host"], h["status"]) for h in fleet] == [
+        ("h1", "rolled_back"), ("h2", "not_reached"), ("h3", "not_reached"), ("h4", "not_reached")]
 
 
 def test_passing_rollout_goes_batch_by_batch(tmp_path):
