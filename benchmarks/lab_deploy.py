@@ -133,7 +133,8 @@ def section_c(first, rerun, floor, first_wall, rerun_wall, rerun_changed, releas
 def section_d(reports_dir, walls, second_changed):
     lines = ["## (d) Tuned vs default session options on a lab server (`benchmarks/lab_deploy.py`)", "",
              f"`playbooks/tune.yml` on the deployed INT8 release, twice: {walls[0]:.1f} s, then {walls[1]:.1f} s "
-             f"with changed={second_changed} (the second run keeps the stored choice).", "",
+             f"with changed={second_changed} (0: the second run kept the first run's choice; the table is the second "
+             "run's grid).", "",
              "| host | current options | P50 ms | chosen | P50 ms | P99 ms (current P99) | noise % | threshold % | "
              "configurations | decision |", "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for path in sorted(glob.glob(os.path.join(reports_dir, "*", "tune-*.json"))):
