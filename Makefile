@@ -74,10 +74,12 @@ demo: venv
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/demo.yml
 
 # Every benchmark in one run; each rewrites its own section of benchmarks/RESULTS.md.
+# lab_deploy.py (sections c, d) needs the lab up: make lab (it says so when it is not).
 bench: venv
 	$(BIN)/python benchmarks/streaming_engine.py --results benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/quantize_variants.py --results benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/fidelity_search.py --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/lab_deploy.py --results benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -54,8 +54,9 @@ def load_filters():
 
 
 def _record(release, variant):
-    """The release as the role receives it: {id, variant, model_path, manifest_sha256}."""
-    return {"id": f"{variant}-{release['release_sha12']}", "variant": variant,
+    """The release record as the role receives it (id, variant, model_name, manifest_sha256), with
+    model_path where the test keeps it."""
+    return {"id": f"{variant}-{release['release_sha12']}", "variant": variant, "model_name": release["model_name"],
             "model_path": release["model_path"], "manifest_sha256": release["manifest_sha256"]}
 
 
@@ -93,7 +94,11 @@ def validated(releases, tmp_path_factory):
     alone = _validate_into(server / "agi2-run1", fp32, warmup=2, runs=20, gates={})
     failed = _validate_into(server / "agi3-run1", int8, reference=fp32["model_path"], warmup=0, runs=6,
                             gates=dict(GATES, speedup_min=1000.0))
-    return {"server": server, "int8": int8, "fp32": fp32, "record": record,
+    releases_dir = server / "by_id"  # <releases dir>/<release id>/, as the role finds a release on a server
+    releases_dir.mkdir()
+    for release in (int8, fp32):
+        (releases_dir / release["id"]).symlink_to(os.path.dirname(release["model_path"]))
+    return {"server": server, "int8": int8, "fp32": fp32, "record": record, "releases_dir": releases_dir,
             "runs": {"agi1": [first, second], "agi2": [alone], "agi3": [failed]}}
 
 
@@ -238,7 +243,8 @@ def written(validated, tmp_path_factory):
     hosts["agi2"]["test_fleet_base"] = None
     inventory = {"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-                 "model_validate_reports_dir": str(base / "reports"), "test_fleet_release": int8["id"]},
+                 "model_validate_reports_dir": str(base / "reports"), "test_fleet_release": int8["id"],
+                 "model_validate_releases_dir": str(validated["releases_dir"])},
         "children": {
             "validated": {"hosts": hosts},
             "unreached": {"hosts": {"agi4": {"test_fleet_entry": {
