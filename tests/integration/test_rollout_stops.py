@@ -15,6 +15,7 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+CATALOG = yaml.safe_load((ROOT / "inventory" / "production" / "group_vars" / "all" / "sarai.yml").read_text())
 
 # Stand-ins with the interfaces the playbook uses (docs/contracts.md): they write sarai.yaml's
 # deployment block, which is how the real state module knows what runs.
@@ -64,7 +65,7 @@ STUB_ROLES = {
 """,
 }
 # Tasks entry points the playbook includes.
-STUB_ENTRY_POINTS = {"model_transfer": ["fetch", "cleanup"]}
+STUB_ENTRY_POINTS = {"model_transfer": ["fetch", "preflight", "cleanup"]}
 # sarai_rollout's summary page (model_validate's `fleet`): keep the hosts it is given, to check them.
 STUB_FLEET = """
 - name: Keep the fleet hosts
@@ -98,6 +99,10 @@ def _lab(tmp_path):
             "sarai_state_file": base + "/{{ inventory_hostname }}/state.fact",
             "sarai_config_path": base + "/{{ inventory_hostname }}/sarai.yaml",
             "sarai_lock_file": base + "/{{ inventory_hostname }}/deploy.lock",
+            # The deploy checks its inputs first (sarai_check_inputs): the production catalog and gates.
+            "sarai_root": base + "/{{ inventory_hostname }}/sarai",
+            "sarai_releases_dir": base + "/{{ inventory_hostname }}/sarai/releases",
+            **{key: CATALOG[key] for key in ("sarai_model_variants", "sarai_validation_gates")},
         },
         "children": {"quantizers": {"hosts": {"b1": None}},
                      "inference": {"hosts": {name: None for name in ("h1", "h2", "h3", "h4")}}},
@@ -117,7 +122,9 @@ def _deploy(lab, *extra):
 
 
 def _ran_on(out, host):
-    return f"[{host}]" in out
+    """Whether the rollout ran a task on the host (the preflight before it runs on every server)."""
+    rollout = out.split("PLAY [Roll out to the inference servers", 1)[-1]
+    return f"[{host}]" in rollout
 
 
 def test_a_failure_in_a_batch_of_two_stops_the_next_batch(tmp_path):
@@ -130,7 +137,8 @@ def test_a_failure_in_a_batch_of_two_stops_the_next_batch(tmp_path):
         [(h["host"], h["outcome"]) for h in summary["hosts"]] == [
         ("h1", "deployed"), ("h3", "deployed"), ("h2", "rolled back")], summary
     assert summary["not_reached"] == ["h4"] and summary["stopped_by"] == ["h2"]
-    assert not _ran_on(out, "h4") and not (lab / "hosts" / "h4").exists()
+    # (The preflight locked and unlocked h4 before the first batch: its lock dir exists, nothing else.)
+    assert not _ran_on(out, "h4") and not [p for p in (lab / "hosts" / "h4").glob("*") if p.name != "deploy.lock"]
     assert "gate p50_max_ms failed on h2" in out and "h4: not reached, untouched" in out
     # Every lock was released, the failed host's too.
     assert not list((lab / "hosts").glob("*/deploy.lock")) and not (lab / "hosts" / "build.lock").exists()
