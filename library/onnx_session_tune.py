@@ -26,6 +26,9 @@ description:
   - A configuration whose outputs differ from the defaults' by more than O(fidelity_max_abs) (max abs)
     is dropped. The fastest remaining one replaces the current options only when it beats them by
     more than the measured noise and O(min_gain_pct); otherwise the current options stay.
+  - The fastest of many noisy measurements is partly luck, so that winner is measured again in a batch
+    of its own beside two fresh copies of the current options, and replaces them only when it beats
+    them again by more than the threshold and that batch's own noise.
   - The current options are the ones stored in the fact for O(release) when there are, else
     O(session_options). So a second run on a tuned host compares against its own choice and, within
     the noise, keeps it.
@@ -151,6 +154,13 @@ baseline_p50_ms: {description: P50 of the current options (every copy pooled)., 
 gain_pct: {description: P50 gain of the choice over the current options measured in the same batch., returned: always, type: float}
 noise_pct: {description: Largest P50 difference between the two copies of the current options in a batch., returned: always, type: float}
 threshold_pct: {description: The gain a configuration had to beat - the larger of RV(noise_pct) and O(min_gain_pct)., returned: always, type: float}
+confirmation:
+  description:
+    - The winner measured again beside two fresh copies of the current options - C(index), C(p50_ms),
+      C(p99_ms), C(baseline_p50_ms), C(gain_pct), C(noise_pct), C(confirmed). Null when the current options
+      won, or were replaced because they change the outputs.
+  returned: always
+  type: dict
 grid:
   description:
     - One entry per measured configuration, the current options first - C(index), C(labels), C(options),

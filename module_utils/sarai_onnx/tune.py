@@ -15,6 +15,9 @@ How, in order:
   choose   configurations whose outputs differ from the defaults' by more than fidelity_max_abs
            are dropped; the fastest of the rest replaces the current options only when its gain
            over them beats both the measured noise and min_gain_pct. Otherwise the current stay.
+  confirm  the fastest of many noisy numbers is partly luck: the winner is measured again beside
+           two fresh copies of the current options, and replaces them only when it beats them
+           again beyond the threshold (so a second run on a busy host does not flip the choice).
   persist  the choice goes into the tuning fact (tune_fact), rewritten only when it changes.
 """
 
@@ -287,6 +290,30 @@ def measure_grid(model, feeds, grid, warmup, max_runs, processes, budget_s, work
     return entries, info
 
 
+def confirm(model, feeds, current, winner, warmup, runs, workdir):
+    """The winner measured again in a batch of its own, beside two copies of the current options:
+    {index, p50_ms, p99_ms, baseline_p50_ms, gain_pct, noise_pct}."""
+    measured = _measure_batch(model, feeds, current, [winner], warmup, workdir, lambda workers, setup_s: runs)
+    (copy1, _, times1), (copy2, _, times2), (again, _, _) = measured
+    here = _summary(times1 + times2)
+    return {"index": winner["index"], "p50_ms": again["p50_ms"], "p99_ms": again["p99_ms"],
+            "baseline_p50_ms": here["p50_ms"],
+            "gain_pct": round((here["p50_ms"] - again["p50_ms"]) / here["p50_ms"] * 100.0, 2),
+            "noise_pct": _anchor_noise_pct(copy1["p50_ms"], copy2["p50_ms"])}
+
+
+def _confirmed(winner, confirmation, threshold):
+    """(kept?, why) for a winner measured again: it must beat the current options beyond the
+    threshold (and beyond the confirmation batch's own noise) a second time."""
+    needed = max(threshold, confirmation["noise_pct"])
+    if confirmation["gain_pct"] > needed:
+        return True, (f"#{winner['index']} is {winner['gain_pct']:.1f}% faster than the current options, and "
+                      f"{confirmation['gain_pct']:.1f}% measured again beside them (threshold {needed:.1f}%)")
+    return False, (f"#{winner['index']} was {winner['gain_pct']:.1f}% faster in its batch but "
+                   f"{confirmation['gain_pct']:+.1f}% measured again beside the current options (threshold "
+                   f"{needed:.1f}%): not confirmed, the current options stay")
+
+
 def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise SaraiError(f"{name}={value!r} must be an integer >= {low}")
@@ -364,20 +391,34 @@ def tune(model, release, session_options=None, inputs=None, input_shapes=None, i
     try:
         with env.stdout_to_stderr():
             entries, info = measure_grid(model, feeds, configs, warmup, runs, processes, time_budget_s, workdir)
+            reference = next(e for e in entries if DEFAULTS in e["labels"])["outputs"]
+            for e in entries:
+                e["max_abs"] = compare(reference, e.pop("outputs"))["max_abs"]
+                e["faithful"] = e["max_abs"] is not None and e["max_abs"] <= fidelity_max_abs
+            current_entry = entries[0]
+            threshold = max(info["noise_pct"], min_gain_pct)
+            chosen, why = choose(current_entry, entries[1:], info["noise_pct"], min_gain_pct)
+            winner, confirmation = chosen, None
+            # An unfaithful current is replaced whatever the speed: nothing to confirm then.
+            if winner is not current_entry and current_entry["faithful"]:
+                os.mkdir(os.path.join(workdir, "confirm"))
+                confirmation = confirm(model, feeds, current_entry, winner, warmup, info["runs"],
+                                       os.path.join(workdir, "confirm"))
+                confirmation["confirmed"], why = _confirmed(winner, confirmation, threshold)
+                chosen = winner if confirmation["confirmed"] else current_entry
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    reference = next(e for e in entries if DEFAULTS in e["labels"])["outputs"]
-    for e in entries:
-        e["max_abs"] = compare(reference, e.pop("outputs"))["max_abs"]
-        e["faithful"] = e["max_abs"] is not None and e["max_abs"] <= fidelity_max_abs
-    current_entry = entries[0]
-    threshold = max(info["noise_pct"], min_gain_pct)
-    chosen, why = choose(current_entry, entries[1:], info["noise_pct"], min_gain_pct)
     for e in entries:
         e["status"] = _status(e, chosen, threshold, fidelity_max_abs)
+    if confirmation and not confirmation["confirmed"]:
+        winner["status"] = f"not confirmed: {confirmation['gain_pct']:+.1f}% measured again"
 
-    entry = {"session_options": chosen["options"], "p50_ms": chosen["p50_ms"], "p99_ms": chosen["p99_ms"],
-             "baseline_p50_ms": current_entry["p50_ms"], "noise_pct": info["noise_pct"], "time": env.utc_now(),
+    # What is stored is the side-by-side measurement that decided (the confirmation when there was one).
+    decided = confirmation if confirmation and confirmation["confirmed"] else {
+        "p50_ms": chosen["p50_ms"], "p99_ms": chosen["p99_ms"], "baseline_p50_ms": current_entry["p50_ms"],
+        "noise_pct": info["noise_pct"]}
+    entry = {"session_options": chosen["options"], "p50_ms": decided["p50_ms"], "p99_ms": decided["p99_ms"],
+             "baseline_p50_ms": decided["baseline_p50_ms"], "noise_pct": decided["noise_pct"], "time": env.utc_now(),
              "report": report}
     changed = stored != chosen["options"]
     stored_verdict = "unchanged" if not changed else "recorded" if stored is None else "changed"
@@ -389,6 +430,7 @@ def tune(model, release, session_options=None, inputs=None, input_shapes=None, i
         "improved": chosen is not current_entry, "chosen": chosen["index"], "reason": why,
         "p50_ms": chosen["p50_ms"], "p99_ms": chosen["p99_ms"], "baseline_p50_ms": current_entry["p50_ms"],
         "gain_pct": chosen["gain_pct"], "noise_pct": info["noise_pct"], "threshold_pct": threshold,
+        "confirmation": confirmation,
         "fidelity_max_abs": fidelity_max_abs, "min_gain_pct": min_gain_pct,
         "runs": info["runs"], "warmup": warmup, "processes": processes, "cpus": cpus,
         "batches": info["batches"], "elapsed_s": info["elapsed_s"], "time_budget_s": time_budget_s,

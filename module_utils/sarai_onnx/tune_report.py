@@ -35,6 +35,10 @@ def markdown(result):
         f"- Noise: the current options measured twice in every batch differed by up to {r['noise_pct']:.2f}% "
         f"(P50); a configuration must beat them by more than {r['threshold_pct']:.2f}% "
         f"(the noise, at least min_gain_pct {r['min_gain_pct']:g}%)",
+        *([f"- Confirmation: #{c['index']} measured again beside two fresh copies of the current options: P50 "
+           f"{_num(c['p50_ms'])} ms vs {_num(c['baseline_p50_ms'])} ms ({c['gain_pct']:+.1f}%, copies "
+           f"{c['noise_pct']:.2f}% apart): {'confirmed' if c['confirmed'] else 'not confirmed'}"]
+          if (c := r.get("confirmation")) else []),
         f"- Fidelity: outputs within max abs {r['fidelity_max_abs']:g} of onnxruntime's defaults",
         f"- Runs: {r['warmup']} warm-up and {r['runs']} timed per configuration, alternating in rounds, "
         f"{r['processes']} live processes per batch, {r['batches']} batch(es), {r['elapsed_s']} s "

@@ -66,6 +66,20 @@ STUB_ROLES = {
 }
 # Tasks entry points the playbook includes.
 STUB_ENTRY_POINTS = {"model_transfer": ["fetch", "preflight", "cleanup"]}
+# model_transfer's shipping (main) also notes which servers are locked while it ships to a host.
+STUB_SHIP_LOCKS_SEEN = """
+- name: Find the locks held while shipping
+  ansible.builtin.find:
+    paths: "{{ sarai_lock_file | dirname | dirname }}"
+    patterns: deploy.lock
+    recurse: true
+  register: stub_locks
+- name: Note them
+  ansible.builtin.copy:
+    content: "{{ stub_locks.files | map(attribute='path') | map('dirname') | map('basename') | sort | to_json }}"
+    dest: "{{ sarai_lock_file | dirname }}/locks-seen-while-shipping.json"
+    mode: "0644"
+"""
 # sarai_rollout's summary page (model_validate's `fleet`): keep the hosts it is given, to check them.
 STUB_FLEET = """
 - name: Keep the fleet hosts
@@ -86,6 +100,8 @@ def _lab(tmp_path):
         tasks_dir.mkdir(parents=True)
         for entry in ["main"] + STUB_ENTRY_POINTS.get(role, []):
             (tasks_dir / f"{entry}.yml").write_text("---\n" + tasks.lstrip())
+    with (tmp_path / "stub_roles" / "model_transfer" / "tasks" / "main.yml").open("a") as main:
+        main.write(STUB_SHIP_LOCKS_SEEN)
     (tmp_path / "stub_roles" / "model_validate" / "tasks" / "fleet.yml").write_text("---\n" + STUB_FLEET.lstrip())
     base = str(tmp_path / "hosts")
     inventory = {"all": {
@@ -137,8 +153,12 @@ def test_a_failure_in_a_batch_of_two_stops_the_next_batch(tmp_path):
         [(h["host"], h["outcome"]) for h in summary["hosts"]] == [
         ("h1", "deployed"), ("h3", "deployed"), ("h2", "rolled back")], summary
     assert summary["not_reached"] == ["h4"] and summary["stopped_by"] == ["h2"]
-    # (The preflight locked and unlocked h4 before the first batch: its lock dir exists, nothing else.)
-    assert not _ran_on(out, "h4") and not [p for p in (lab / "hosts" / "h4").glob("*") if p.name != "deploy.lock"]
+    # (The preflight locked h4 before the first batch: its lock dir exists, nothing else.)
+    assert not _ran_on(out, "h4") and not list((lab / "hosts" / "h4").glob("*"))
+    # The run held every server's lock from the preflight until that server's batch ended: while
+    # shipping to h1 (first batch), h2..h4 were locked too; while shipping to h3, h4 still was.
+    seen = {h: json.loads((lab / "hosts" / h / "locks-seen-while-shipping.json").read_text()) for h in ("h1", "h3")}
+    assert seen["h1"] == ["h1", "h2", "h3", "h4"] and {"h3", "h4"} <= set(seen["h3"]), seen
     assert "gate p50_max_ms failed on h2" in out and "h4: not reached, untouched" in out
     # Every lock was released, the failed host's too.
     assert not list((lab / "hosts").glob("*/deploy.lock")) and not (lab / "hosts" / "build.lock").exists()
@@ -167,7 +187,7 @@ def test_passing_rollout_goes_batch_by_batch(tmp_path):
     assert summary["not_reached"] == [] and summary["stopped_by"] == []
 
 
-# Why sarai_rollout's last task fails a failed host again: without it, Ansible (2.19, issue 86574)
+# Why the rollout play's last task fails a failed host again: without it, Ansible (2.19, issue 86574)
 # does not apply max_fail_percentage to a host that failed before an `always` section, and runs the
 # next batch. If this test starts failing, Ansible fixed it and that task may be simplified.
 ENGINE_ONLY = """

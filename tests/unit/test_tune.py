@@ -210,9 +210,22 @@ def fake_measure(p50_by_index, max_abs_by_index=None, noise_pct=2.0):
     return measure
 
 
+def fake_confirm(gain_pct=None, noise_pct=2.0):
+    """A confirm stand-in: the winner measured again gains gain_pct (default: what it gained in its batch)."""
+    def again(model, feeds, current, winner, warmup, runs, workdir):
+        gain = winner["gain_pct"] if gain_pct is None else gain_pct
+        base = current["p50_ms"]
+        return {"index": winner["index"], "p50_ms": round(base * (1 - gain / 100), 3), "p99_ms": base * 1.5,
+                "baseline_p50_ms": base, "gain_pct": gain, "noise_pct": noise_pct}
+    return again
+
+
 @pytest.fixture
-def tune_here(talker, tmp_path):
-    """tune() on the test model with the fact and report in tmp_path."""
+def tune_here(talker, tmp_path, monkeypatch):
+    """tune() on the test model with the fact and report in tmp_path; a winner is confirmed unless a
+    test sets another tune_mod.confirm."""
+    monkeypatch.setattr(tune_mod, "confirm", fake_confirm())
+
     def run(**kwargs):
         args = dict(model=talker, release="int8-0123456789ab", session_options=CURRENT, input_shapes=SHAPES,
                     fact_path=str(tmp_path / "facts.d" / "sarai_tuning.fact"), report=str(tmp_path / "tune.json"))
@@ -275,6 +288,26 @@ def test_the_choice_is_stored_once_and_a_second_run_changes_nothing(tune_here, m
     saved = json.loads(fact_path.read_text())["releases"]
     assert saved["int8-0123456789ab"]["session_options"] == third["session_options"]
     assert saved["fp32-ba9876543210"]["session_options"] == {"intra_op_num_threads": 1}
+
+
+def test_a_winner_is_measured_again_and_kept_only_when_it_wins_again(tune_here, monkeypatch):
+    # #7 gained 20% in its batch; measured again beside the current options it gains 3% (< min_gain 5%)
+    monkeypatch.setattr(tune_mod, "measure_grid", fake_measure({0: 10.0, 7: 8.0}))
+    monkeypatch.setattr(tune_mod, "confirm", fake_confirm(gain_pct=3.0))
+    lucky = tune_here()
+    assert not lucky["improved"] and lucky["session_options"] == CURRENT and lucky["chosen"] == 0
+    assert lucky["confirmation"]["index"] == 7 and not lucky["confirmation"]["confirmed"]
+    assert "was 20.0% faster in its batch but +3.0% measured again" in lucky["reason"]
+    assert next(e for e in lucky["grid"] if e["index"] == 7)["status"] == "not confirmed: +3.0% measured again"
+    assert "not confirmed" in markdown(lucky)
+    # confirmed by 15%, beyond a confirmation batch noise of 9%: switched, and the confirming numbers are stored
+    monkeypatch.setattr(tune_mod, "confirm", fake_confirm(gain_pct=15.0, noise_pct=9.0))
+    kept = tune_here()
+    assert kept["improved"] and kept["chosen"] == 7 and kept["confirmation"]["confirmed"]
+    assert (kept["fact"]["p50_ms"], kept["fact"]["baseline_p50_ms"], kept["fact"]["noise_pct"]) == (8.5, 10.0, 9.0)
+    # ... but not beyond a confirmation batch noise of 16%
+    monkeypatch.setattr(tune_mod, "confirm", fake_confirm(gain_pct=15.0, noise_pct=16.0))
+    assert not tune_here(check_mode=True)["improved"]
 
 
 def test_check_mode_measures_but_writes_nothing(tune_here, monkeypatch, tmp_path):
