@@ -324,41 +324,34 @@ pin_yaml:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run_module
+from ansible.module_utils.sarai_onnx.commands import feeding_module, run_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            src=dict(type="path", required=True),
-            dest=dict(type="path", required=True),
-            model_name=dict(type="str"),
-            method=dict(type="str", default="dynamic_int8", choices=["none", "dynamic_int8", "fp16", "matmul_nbits"]),
-            weight_type=dict(type="str", choices=["QInt8", "QUInt8"]),
-            per_channel=dict(type="bool"),
-            reduce_range=dict(type="bool"),
-            nodes_to_exclude=dict(type="list", elements="str"),
-            op_types_to_quantize=dict(type="list", elements="str"),
-            keep_io_types=dict(type="bool"),
-            bits=dict(type="int", choices=[4, 8]),
-            block_size=dict(type="int"),
-            symmetric=dict(type="bool"),
-            accuracy_level=dict(type="int", choices=[0, 1, 2, 3, 4]),
-            engine=dict(type="str", choices=["streaming", "onnxruntime"]),
-            progress_file=dict(type="path"),
-            tmp_dir=dict(type="path"),
-            fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
-                                                           mae_max=dict(type="float"))),
-            search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
-                                                         min_quantized_share=dict(type="float"))),
-            inputs=dict(type="path"),
-            input_shapes=dict(type="dict"),
-            input_values=dict(type="dict"),
-        ),
-        mutually_exclusive=[("inputs", "input_shapes")],
-        supports_check_mode=True,
-    )
-    run_module(module, "quantize")
+    run_module(feeding_module(
+        AnsibleModule,
+        src=dict(type="path", required=True),
+        dest=dict(type="path", required=True),
+        model_name=dict(type="str"),
+        method=dict(type="str", default="dynamic_int8", choices=["none", "dynamic_int8", "fp16", "matmul_nbits"]),
+        weight_type=dict(type="str", choices=["QInt8", "QUInt8"]),
+        per_channel=dict(type="bool"),
+        reduce_range=dict(type="bool"),
+        nodes_to_exclude=dict(type="list", elements="str"),
+        op_types_to_quantize=dict(type="list", elements="str"),
+        keep_io_types=dict(type="bool"),
+        bits=dict(type="int", choices=[4, 8]),
+        block_size=dict(type="int"),
+        symmetric=dict(type="bool"),
+        accuracy_level=dict(type="int", choices=[0, 1, 2, 3, 4]),
+        engine=dict(type="str", choices=["streaming", "onnxruntime"]),
+        progress_file=dict(type="path"),
+        tmp_dir=dict(type="path"),
+        fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
+                                                       mae_max=dict(type="float"))),
+        search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
+                                                     min_quantized_share=dict(type="float"))),
+    ), "quantize")
 
 
 if __name__ == "__main__":

@@ -180,34 +180,27 @@ msg: {description: The verdict in one line., returned: always, type: str}
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run_module
+from ansible.module_utils.sarai_onnx.commands import feeding_module, run_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            model=dict(type="path", required=True),
-            release=dict(type="str", required=True),
-            session_options=dict(type="dict"),
-            inputs=dict(type="path"),
-            input_shapes=dict(type="dict"),
-            input_values=dict(type="dict"),
-            seed=dict(type="int", default=0),
-            warmup=dict(type="int", default=3),
-            runs=dict(type="int", default=300),
-            grid=dict(type="dict"),
-            max_configs=dict(type="int", default=24),
-            time_budget_s=dict(type="float", default=60.0),
-            processes=dict(type="int", default=6),
-            fidelity_max_abs=dict(type="float", default=0.0001),
-            min_gain_pct=dict(type="float", default=5.0),
-            fact_path=dict(type="path", default="/etc/ansible/facts.d/sarai_tuning.fact"),
-            report=dict(type="path"),
-        ),
-        mutually_exclusive=[("inputs", "input_shapes")],
-        supports_check_mode=True,
-    )
-    run_module(module, "tune")
+    run_module(feeding_module(
+        AnsibleModule,
+        model=dict(type="path", required=True),
+        release=dict(type="str", required=True),
+        session_options=dict(type="dict"),
+        seed=dict(type="int", default=0),
+        warmup=dict(type="int", default=3),
+        runs=dict(type="int", default=300),
+        grid=dict(type="dict"),
+        max_configs=dict(type="int", default=24),
+        time_budget_s=dict(type="float", default=60.0),
+        processes=dict(type="int", default=6),
+        fidelity_max_abs=dict(type="float", default=0.0001),
+        min_gain_pct=dict(type="float", default=5.0),
+        fact_path=dict(type="path", default="/etc/ansible/facts.d/sarai_tuning.fact"),
+        report=dict(type="path"),
+    ), "tune")
 
 
 if __name__ == "__main__":

@@ -174,38 +174,31 @@ msg: {description: "Each failed gate with value and limit (e.g. C(gate speedup_m
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_onnx.commands import run_module
+from ansible.module_utils.sarai_onnx.commands import feeding_module, run_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            model=dict(type="path", required=True),
-            reference=dict(type="path"),
-            session_options=dict(type="dict"),
-            inputs=dict(type="path"),
-            input_shapes=dict(type="dict"),
-            input_values=dict(type="dict"),
-            seed=dict(type="int", default=0),
-            warmup=dict(type="int", default=3),
-            runs=dict(type="int", default=20),
-            gates=dict(type="dict"),
-            cosine_min=dict(type="float"),
-            mse_max=dict(type="float"),
-            mae_max=dict(type="float"),
-            speedup_min=dict(type="float"),
-            p50_max_ms=dict(type="float"),
-            p99_max_ms=dict(type="float"),
-            rss_max_mb=dict(type="float"),
-            expected_output_shapes=dict(type="dict"),
-            fail_on_gate=dict(type="bool", default=True),
-            report=dict(type="path"),
-            progress_file=dict(type="path"),
-        ),
-        mutually_exclusive=[("inputs", "input_shapes")],
-        supports_check_mode=True,
-    )
-    run_module(module, "validate")
+    run_module(feeding_module(
+        AnsibleModule,
+        model=dict(type="path", required=True),
+        reference=dict(type="path"),
+        session_options=dict(type="dict"),
+        seed=dict(type="int", default=0),
+        warmup=dict(type="int", default=3),
+        runs=dict(type="int", default=20),
+        gates=dict(type="dict"),
+        cosine_min=dict(type="float"),
+        mse_max=dict(type="float"),
+        mae_max=dict(type="float"),
+        speedup_min=dict(type="float"),
+        p50_max_ms=dict(type="float"),
+        p99_max_ms=dict(type="float"),
+        rss_max_mb=dict(type="float"),
+        expected_output_shapes=dict(type="dict"),
+        fail_on_gate=dict(type="bool", default=True),
+        report=dict(type="path"),
+        progress_file=dict(type="path"),
+    ), "validate")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,18 @@ def run(command, params, check_mode=False):
                          "check the path and its permissions") from None
 
 
+# The model inputs a command feeds (validate, tune, quantize's fidelity search), as module options.
+INPUT_ARGUMENT_SPEC = dict(inputs=dict(type="path"), input_shapes=dict(type="dict"), input_values=dict(type="dict"))
+
+
+def feeding_module(module_class, **argument_spec):
+    """The AnsibleModule of a command that feeds the model: its options plus the input options, of
+    which `inputs` and `input_shapes` exclude each other; check mode supported. (The class is passed
+    in: this file is also the Windows CLI's, which has no Ansible.)"""
+    return module_class(argument_spec=dict(argument_spec, **INPUT_ARGUMENT_SPEC),
+                        mutually_exclusive=[("inputs", "input_shapes")], supports_check_mode=True)
+
+
 def run_module(module, command):
     """Run `command` with an AnsibleModule's params and end the module: one exit path for all the
     modules (errors and failed results -> fail_json, warnings through module.warn, diff only when asked)."""
