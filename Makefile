@@ -58,7 +58,10 @@ syntax: venv
 	  $(BIN)/ansible-playbook -i $$inv --syntax-check $$p >/dev/null || { echo "syntax-check failed: $$p with $$inv"; exit 1; }; \
 	  done; echo "syntax-check ok with $$inv"; done
 
-# One run over every scenario: the lab is created once and destroyed once (shared_state).
+# One run over every scenario: the lab is created once and destroyed once (shared_state). Molecule
+# names its state dir after the checkout's basename only, so two checkouts called `main` would share
+# "the lab is created" and skip the create: the state dir is this checkout's own (logs are kept there).
+export MOLECULE_EPHEMERAL_DIRECTORY ?= $(HOME)/.cache/molecule/sarai-deploy-$(shell printf %s "$(CURDIR)" | sha1sum | cut -c1-8)
 molecule: venv
 	$(BIN)/molecule test $(foreach s,$(SCENARIOS),-s $(s))
 
