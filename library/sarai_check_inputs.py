@@ -70,15 +70,8 @@ options:
   groups:
     description:
       - The inventory's groups (the C(groups) magic variable). Every playbook needs a host in group
-        C(inference); a deploy needs exactly one host in group C(quantizers), unless O(build_host) names one.
+        C(inference); a deploy needs exactly one host in group C(quantizers).
     type: dict
-  build_host:
-    description: The host a deploy builds on when it is set explicitly; it must be a host of the inventory.
-    type: str
-  build_host_var:
-    description: The variable that sets O(build_host), named in the messages.
-    type: str
-    default: model_transfer_build_host
   inventory_sources:
     description: The inventory sources (C(ansible_inventory_sources)), named in the messages.
     type: list
@@ -122,10 +115,10 @@ batches:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.sarai_inputs import BUILD_HOST_VAR, check_inputs, describe
+from ansible.module_utils.sarai_inputs import check_inputs, describe
 
 CHECKED = ("catalog", "gates", "target_variant", "reference_variant", "rollback_variant", "batches", "paths",
-           "keep", "groups", "build_host", "build_host_var", "inventory_sources")
+           "keep", "groups", "inventory_sources")
 
 
 def main():
@@ -141,8 +134,6 @@ def main():
             paths=dict(type="dict"),
             keep=dict(type="dict"),
             groups=dict(type="dict"),
-            build_host=dict(type="str"),
-            build_host_var=dict(type="str", default=BUILD_HOST_VAR),
             inventory_sources=dict(type="list", elements="str"),
         ),
         supports_check_mode=True,

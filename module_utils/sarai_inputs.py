@@ -23,7 +23,6 @@ TARGET_VAR = "sarai_target_variant"
 REFERENCE_VAR = "sarai_reference_variant"
 ROLLBACK_VAR = "sarai_rollback_to"
 BATCHES_VAR = "sarai_rollout_batches"
-BUILD_HOST_VAR = "model_transfer_build_host"
 
 VARIANT_NAME = re.compile(rf"^{VARIANT_PATTERN}$")
 # A plain file name: it is joined to release dirs on every host and written into sarai.yaml.
@@ -288,7 +287,7 @@ def check_counts(counts):
 
 # ---------------------------------------------------------------- inventory groups
 
-def check_groups(groups, playbook="deploy", build_host=None, build_host_var=BUILD_HOST_VAR, inventory_sources=None):
+def check_groups(groups, playbook="deploy", inventory_sources=None):
     """The inventory has the servers (group inference) and, for a deploy, one build host."""
     if groups is None:
         return []
@@ -303,26 +302,21 @@ def check_groups(groups, playbook="deploy", build_host=None, build_host_var=BUIL
         return problems
     quantizers = groups.get("quantizers") or []
     add = ("add the build host to group quantizers in the inventory, e.g. `quantizers: {hosts: {winbuild: "
-           f"{{ansible_host: winbuild.lan}}}}}}` under all.children, or set {build_host_var} to a host of the inventory")
-    if build_host:
-        if build_host not in (groups.get("all") or []):
-            problems.append(problem(build_host_var, build_host, f"is not a host of {inventory}",
-                                    "name a host of the inventory, or unset it and put the build host in group quantizers"))
-    elif not quantizers:
+           "{ansible_host: winbuild.lan}}}` under all.children")
+    if not quantizers:
         problems.append(problem("groups.quantizers", quantizers, f"a deploy builds the model on exactly one host of "
                                 f"group quantizers and {inventory} has none", add))
     elif len(quantizers) > 1:
         problems.append(problem("groups.quantizers", quantizers, "a deploy builds on exactly one host and group "
-                                "quantizers has several", f"keep one host in quantizers, or set {build_host_var} "
-                                "to the one to build on"))
+                                "quantizers has several", "keep only the host to build on in group quantizers"))
     return problems
 
 
 # ---------------------------------------------------------------- all of it
 
 def check_inputs(playbook="deploy", catalog=_UNSET, gates=None, target_variant=None, reference_variant=None,
-                 rollback_variant=None, batches=None, paths=None, keep=None, groups=None, build_host=None,
-                 build_host_var=BUILD_HOST_VAR, inventory_sources=None):
+                 rollback_variant=None, batches=None, paths=None, keep=None, groups=None,
+                 inventory_sources=None):
     """{problems, warnings, batches}: everything the playbook will use, checked together."""
     problems, warnings = check_catalog(catalog, playbook)
     if playbook == "deploy":
@@ -335,7 +329,7 @@ def check_inputs(playbook="deploy", catalog=_UNSET, gates=None, target_variant=N
     problems += batch_problems
     problems += check_paths(paths)
     problems += check_counts(keep)
-    problems += check_groups(groups, playbook, build_host, build_host_var, inventory_sources)
+    problems += check_groups(groups, playbook, inventory_sources)
     return {"problems": problems, "warnings": warnings, "batches": batch_list}
 
 

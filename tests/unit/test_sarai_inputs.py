@@ -112,10 +112,6 @@ def test_inventory_without_quantizers_says_how_to_add_one(shipped):
     assert text.startswith("groups.quantizers = []: a deploy builds the model on exactly one host of group "
                            "quantizers and inventory/production/hosts.yml has none; add the build host to group "
                            "quantizers in the inventory")
-    assert "set model_transfer_build_host to a host of the inventory" in text
-    # A build host named explicitly is enough, if the inventory has it.
-    assert problems(build_host="agi1", **shipped) == []
-    assert "is not a host of" in problems(build_host="winbuild2", **shipped)[0]
     # A rollback does not build: it needs no quantizers host.
     assert inputs.check_inputs("rollback", catalog=shipped["catalog"], groups=shipped["groups"])["problems"] == []
 
