@@ -49,10 +49,17 @@ def playbook(path, *extra, check=True):
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=_env(True), cwd=ROOT, check=False)
     wall = time.perf_counter() - t0
+    # The JSON document starts at the first line that is "{": ansible.builtin.pause (async_progress's
+    # wait between progress lines) writes "Pausing for N seconds" to stdout before it.
+    lines = proc.stdout.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == "{"), len(lines))
     try:
-        out = json.loads(proc.stdout)
+        out = json.loads("".join(lines[start:]))
     except ValueError:
         out = {}
+    if not out.get("stats"):  # no numbers are better than numbers read from nothing (changed=0)
+        raise SystemExit(f"{os.path.relpath(path, ROOT)}: no JSON result on stdout (rc {proc.returncode}): "
+                         f"{proc.stdout[:500]!r} {proc.stderr[-1000:]}")
     if check and proc.returncode != 0:
         failed = [f"{t['task']['name']} on {h}: {r.get('msg', '')}" for p in out.get("plays", []) for t in p["tasks"]
                   for h, r in t["hosts"].items() if r.get("failed") and not r.get("ignore_errors")]
@@ -91,13 +98,17 @@ def check_lab():
 
 
 def releases(out):
-    """model_build_releases as the build host's last set_fact left them."""
+    """{variant: release record}: every model_build_releases the build host's set_facts published."""
     found = {}
     for p in out.get("plays", []):
         for t in p["tasks"]:
             for r in t["hosts"].values():
                 for one in [r] + r.get("results", []):  # a loop's facts are in its items' results
-                    found = one.get("ansible_facts", {}).get("model_build_releases", found)
+                    found.update(one.get("ansible_facts", {}).get("model_build_releases") or {})
+    missing = {"fp32", "int8"} - set(found)
+    if missing:
+        raise SystemExit(f"the deploy's output has no release record of {', '.join(sorted(missing))} "
+                         f"(found {', '.join(sorted(found)) or 'none'}): model_build_releases changed shape?")
     return found
 
 
@@ -169,8 +180,7 @@ def main(argv=None):
         first_wall, first, _ = playbook(pb("deploy_int8.yml"), common)
         rerun_wall, rerun, _ = playbook(pb("deploy_int8.yml"), common)
         built = releases(first)
-        int8 = next(r for r in built.values() if r["variant"] != "fp32")
-        fp32 = next(r for r in built.values() if r["variant"] == "fp32")
+        int8, fp32 = built["int8"], built["fp32"]
         _, floor, _ = playbook(os.path.join(ROOT, "benchmarks", "lab_floor.yml"), {
             "floor_staged": os.path.join(staging, int8["id"]), "floor_releases_dir": "{{ sarai_releases_dir }}",
             "floor_release_id": int8["id"], "floor_model_name": os.path.basename(int8["model_path"]),
