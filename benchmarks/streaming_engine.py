@@ -6,8 +6,10 @@ For a ~400 MB and a >= 1.5 GB seeded FP32 talker model, each build runs alone in
 measured from outside: peak RSS (os.wait4 ru_maxrss) as a multiple of the FP32 size, and wall
 time. The two engines' releases are then compared: same files (sha256), and the max abs
 difference of their outputs on the same input (onnx_validate, one process per model). matmul_nbits
-and none (one engine each) are measured too, for the README's memory table. Finally the
-acceptance command itself: `ansible localhost -m onnx_quantize -a 'src=... dest=... method=dynamic_int8'`.
+is built twice (its default 4-bit blocks of 32 with zero points, and the issue 15 candidate: 8-bit
+symmetric blocks of 128, accuracy_level 4); none (one engine) is measured too, for the README's
+memory table. Finally the acceptance command itself:
+`ansible localhost -m onnx_quantize -a 'src=... dest=... method=dynamic_int8'`.
 
     python benchmarks/streaming_engine.py [--small-mb 400] [--large-mb 1600] [--results benchmarks/RESULTS.md]
 """
@@ -28,10 +30,14 @@ from results import layers_for, machine, rss_mib, run_measured, sarai_onnx, writ
 
 MODULE_UTILS = os.path.join(ROOT, "module_utils")
 VOCAB = 8192
-STEPS = [("dynamic_int8", "onnxruntime"), ("dynamic_int8", "streaming"), ("fp16", "onnxruntime"), ("fp16", "streaming"),
-         ("matmul_nbits", "onnxruntime"), ("none", "copy")]
-# What the issue accepts (numbers measured here, not in unit tests).
-LIMITS = {"dynamic_int8": 0.5, "fp16": 0.75}
+NBITS_8 = {"bits": 8, "block_size": 128, "symmetric": True, "accuracy_level": 4}
+# (method, label of its options, options): each built by both engines, then none copied.
+BUILDS = [("dynamic_int8", "dynamic_int8", {}), ("fp16", "fp16", {}),
+          ("matmul_nbits", "matmul_nbits", {}), ("matmul_nbits", "matmul_nbits 8-bit sym b128 al4", NBITS_8)]
+STEPS = [(method, label, options, engine) for method, label, options in BUILDS
+         for engine in ("onnxruntime", "streaming")] + [("none", "none", {}, "copy")]
+# What the issues accept (numbers measured here, not in unit tests): peak RSS as a multiple of FP32.
+LIMITS = {"dynamic_int8": 0.5, "fp16": 0.75, "matmul_nbits": 0.5, "matmul_nbits 8-bit sym b128 al4": 0.5}
 
 
 
@@ -51,7 +57,7 @@ def ansible_quantize(args, workdir):
     return result, peak, wall
 
 
-def bench_model(label, size_mb, hidden, work, seq):
+def bench_model(model_label, size_mb, hidden, work, seq):
     layers = layers_for(size_mb, hidden, VOCAB)
     src = os.path.join(work, "fp32", "agi_audio_core.onnx")
     out, err, code, _, _ = run_measured([sys.executable, os.path.join(ROOT, "tools", "make_talker_model.py"),
@@ -60,34 +66,34 @@ def bench_model(label, size_mb, hidden, work, seq):
     if code:
         raise SystemExit(f"make_talker_model failed: {err[-2000:]}")
     fp32 = json.loads(out)["size_bytes"]
-    print(f"{label}: hidden {hidden}, {layers} layers, vocab {VOCAB}: {fp32 / 2**20:.0f} MiB FP32", flush=True)
+    print(f"{model_label}: hidden {hidden}, {layers} layers, vocab {VOCAB}: {fp32 / 2**20:.0f} MiB FP32", flush=True)
     rows, releases = [], {}
-    for method, engine in STEPS:
-        dest = os.path.join(work, f"{method}-{engine}")
-        params = dict(src=src, dest=dest, method=method)
+    for method, label, options, engine in STEPS:
+        dest = os.path.join(work, f"{label.replace(' ', '_')}-{engine}")
+        params = dict(src=src, dest=dest, method=method, **options)
         if engine != "copy":
             params["engine"] = engine
         result, peak, wall = sarai_onnx("quantize", params, work)
         assert result["engine"] == engine, result
-        row = {"model": label, "fp32_mib": fp32 / 2**20, "method": method, "engine": engine, "peak_rss_mib": peak,
+        row = {"model": model_label, "fp32_mib": fp32 / 2**20, "method": label, "engine": engine, "peak_rss_mib": peak,
                "rss_x_fp32": peak * 2**20 / fp32, "self_reported_peak_mib": result["peak_rss_mb"],
                "step_s": wall, "quantize_s": result["quantize_duration_s"], "output_mib": result["size_bytes"] / 2**20,
                "files": result["files"]}
         rows.append(row)
-        print(f"  {method} / {engine}: peak {peak:.0f} MiB ({row['rss_x_fp32']:.2f}x), {wall:.1f} s", flush=True)
-        releases[(method, engine)] = result
-        if (method, "onnxruntime") in releases and (method, "streaming") in releases:
-            ours, ref = releases.pop((method, "streaming")), releases.pop((method, "onnxruntime"))
+        print(f"  {label} / {engine}: peak {peak:.0f} MiB ({row['rss_x_fp32']:.2f}x), {wall:.1f} s", flush=True)
+        releases[(label, engine)] = result
+        if (label, "onnxruntime") in releases and (label, "streaming") in releases:
+            ours, ref = releases.pop((label, "streaming")), releases.pop((label, "onnxruntime"))
             check, _, _ = sarai_onnx("validate", dict(model=ours["model_path"], reference=ref["model_path"],
                                                       input_shapes={"hidden_states": [1, seq, hidden]},
                                                       warmup=0, runs=1), work)
             rows[-1]["same_files"] = ours["files"] == ref["files"]
             rows[-1]["max_abs"] = check["metrics"]["max_abs"]
-            rows[-1]["ort_step_s"] = next(r["step_s"] for r in rows if r["method"] == method
+            rows[-1]["ort_step_s"] = next(r["step_s"] for r in rows if r["method"] == label
                                           and r["engine"] == "onnxruntime")
             shutil.rmtree(ours["dest"])
             shutil.rmtree(ref["dest"])
-        elif engine not in ("onnxruntime", "streaming") or method == "matmul_nbits":
+        elif engine not in ("onnxruntime", "streaming"):
             shutil.rmtree(dest)
     return src, fp32, rows
 
@@ -109,7 +115,8 @@ def acceptance(rows, large_label):
     out = []
     for method, limit in LIMITS.items():
         r = next(r for r in rows if r["model"] == large_label and r["method"] == method and r["engine"] == "streaming")
-        checks = [f"peak RSS {r['rss_x_fp32']:.2f}x FP32 <= {limit}x: {'PASS' if r['rss_x_fp32'] <= limit else 'FAIL'}"]
+        checks = [f"peak RSS {r['rss_x_fp32']:.2f}x FP32 <= {limit}x: {'PASS' if r['rss_x_fp32'] <= limit else 'FAIL'}",
+                  f"same files as onnxruntime's (sha256 of model and data): {'PASS' if r['same_files'] else 'FAIL'}"]
         if method == "dynamic_int8":
             ok = r["step_s"] <= r["ort_step_s"]
             checks.append(f"wall {r['step_s']:.1f} s <= onnxruntime engine's {r['ort_step_s']:.1f} s: "
@@ -162,7 +169,7 @@ def main(argv=None):
         "max abs difference of their outputs on the same input (onnx_validate). The measuring parent stays "
         f"small ({rss_mib():.0f} MiB: Linux carries a parent's high-water mark into the children it starts).",
         table(rows),
-        "Acceptance (issue 7):\n\n" + acceptance(rows, large_label),
+        "Acceptance (issue 7; matmul_nbits: issue 15):\n\n" + acceptance(rows, large_label),
         "The module as a user runs it:\n\n" + "\n".join(commands),
         f"At the end: load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
     ])

@@ -97,15 +97,16 @@ options:
     choices: [0, 1, 2, 3, 4]
   engine:
     description:
-      - Unset - C(streaming) for C(dynamic_int8) and C(fp16); when the model holds something the streaming
-        engine does not mirror (for C(dynamic_int8) - Attention, LSTM or EmbedLayerNormalization nodes
-        to quantize, subgraphs, FP16 weights, opset < 11, an already quantized model), the C(onnxruntime)
-        engine builds it and RV(engine_fallback_reason) says why. C(none) copies, C(matmul_nbits) runs on
-        C(onnxruntime).
+      - Unset - C(streaming) for C(dynamic_int8), C(fp16) and C(matmul_nbits); when the model holds something
+        the streaming engine does not mirror (for C(dynamic_int8) - Attention, LSTM or EmbedLayerNormalization
+        nodes to quantize, subgraphs, FP16 weights, opset < 11, an already quantized model; for
+        C(matmul_nbits) - subgraphs, local functions, a MatMul or Gather weight that is not float32), the
+        C(onnxruntime) engine builds it and RV(engine_fallback_reason) says why. C(none) copies.
       - C(streaming) - the streaming engine or a failure naming what it does not cover (no fallback to an
         engine that needs several times more memory).
       - C(onnxruntime) - onnxruntime's quantizers on the whole model in memory (C(quantize_dynamic),
-        C(convert_float_to_float16)), the reference the streaming engine is tested against.
+        C(convert_float_to_float16), C(MatMulNBitsQuantizer)), the reference the streaming engine is tested
+        against.
     type: str
     choices: [streaming, onnxruntime]
   progress_file:

@@ -4,10 +4,10 @@ dest/ ends up holding exactly: <model_name>, <model_name>.data, quantization.jso
 (docs/contracts.md). The release is built in a staging dir beside dest, load-checked with
 onnxruntime, then renamed into place; any failure before that leaves dest as it was.
 
-Two engines build dynamic_int8 and fp16. `streaming` (stream_int8, stream_fp16) reads the graph
-alone and writes one weight tensor at a time, with onnxruntime's own quantization functions;
-`onnxruntime` runs onnxruntime's quantizers on the whole model in memory and is the reference the
-streaming engine is proven equal to (same files, byte for byte). none and matmul_nbits have one.
+Two engines build dynamic_int8, fp16 and matmul_nbits. `streaming` (stream_int8, stream_fp16,
+stream_nbits) reads the graph alone and writes one weight tensor at a time, with onnxruntime's own
+quantization functions; `onnxruntime` runs onnxruntime's quantizers on the whole model in memory and
+is the reference the streaming engine is proven equal to (same files, byte for byte). none copies.
 """
 
 import contextlib
@@ -42,7 +42,7 @@ OPTION_DEFAULTS = {
 }
 # The engines each method can use; the first is the default.
 ENGINES = {"none": ("copy",), "dynamic_int8": ("streaming", "onnxruntime"), "fp16": ("streaming", "onnxruntime"),
-           "matmul_nbits": ("onnxruntime",)}
+           "matmul_nbits": ("streaming", "onnxruntime")}
 # Output size of the onnxruntime engine, as (bytes of the source) - SHRINK * (bytes of the weights the
 # method rewrites); matmul_nbits as a measured share of the source (4-bit blocks with scales).
 SHRINK = {"none": 0.0, "dynamic_int8": 0.75, "fp16": 0.5}
@@ -312,17 +312,19 @@ def _build_matmul_nbits(src, out_path, opts):
 BUILDERS = {"none": _build_none, "dynamic_int8": _build_dynamic_int8, "fp16": _build_fp16,
             "matmul_nbits": _build_matmul_nbits}
 STREAMING_TOOLS = {"dynamic_int8": "sarai_onnx.stream_int8 (onnxruntime.quantization.quant_utils)",
-                   "fp16": "sarai_onnx.stream_fp16 (onnxruntime.transformers.float16)"}
+                   "fp16": "sarai_onnx.stream_fp16 (onnxruntime.transformers.float16)",
+                   "matmul_nbits": "sarai_onnx.stream_nbits (onnxruntime.quantization.matmul_nbits_quantizer)"}
 
 
 def plan_streaming(src, source_graph, method, opts):
     """The streaming engine's plan (graph only); raises StreamingUnsupported, also for anything
     that breaks while planning (shape inference of an odd graph), so it is reported, not a traceback."""
-    from . import stream_fp16, stream_int8
+    from . import stream_fp16, stream_int8, stream_nbits
 
+    engine = {"dynamic_int8": stream_int8, "fp16": stream_fp16, "matmul_nbits": stream_nbits}[method]
     try:
         with env.stdout_to_stderr(), _quiet_quantizers():
-            return (stream_int8 if method == "dynamic_int8" else stream_fp16).plan(src, source_graph, opts)
+            return engine.plan(src, source_graph, opts)
     except (StreamingUnsupported, SaraiError):
         raise
     except Exception as exc:
@@ -387,7 +389,7 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
 
     extra_record: more top-level keys for quantization.json (JSON values, e.g. the fidelity search);
     they are part of the idempotence key, so a release is reused only when its record holds the same.
-    engine: None (the method's default: streaming for dynamic_int8 and fp16, falling back to
+    engine: None (the method's default: streaming for dynamic_int8, fp16 and matmul_nbits, falling back to
     onnxruntime for a model it does not cover), "streaming" (or fail) or "onnxruntime".
     progress_file: keep a JSON progress document there (sarai_onnx.progress).
     """

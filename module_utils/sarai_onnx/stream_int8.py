@@ -22,8 +22,7 @@ import onnx
 from onnx import helper
 
 from .int8_graph import QuantizedWeight, Quantizer, check_supported, replace_gemm_with_matmul
-from .tensor_io import (DataFileWriter, SourceTensor, TransposedTensor, goes_external, is_external,
-                        load_small_external, set_inline)
+from .tensor_io import DataFileWriter, SourceTensor, goes_external, is_external, load_small_external, write_copy
 
 SIZE_THRESHOLD = 1024  # onnxruntime saves quantized models with onnx's default size_threshold
 
@@ -94,21 +93,12 @@ class Plan:
                 if q is not None:
                     _write_quantized(tensor, q, inits, writer)
                 elif source is not None:
-                    _write_copy(tensor, source, writer)
+                    write_copy(tensor, source, writer, SIZE_THRESHOLD)
                 elif tensor.HasField("raw_data") and goes_external(len(tensor.raw_data), SIZE_THRESHOLD):
                     writer.append(tensor, [tensor.raw_data])  # inline in the source, external on save
                 if source is not None and progress:
                     progress.advance(1, source.nbytes)
         onnx.save_model(self.model, out_path)
-
-
-def _write_copy(tensor, source, writer):
-    if goes_external(source.nbytes, SIZE_THRESHOLD):
-        writer.append(tensor, source.raw_bytes_chunks())
-    else:
-        set_inline(tensor, b"".join(source.raw_bytes_chunks()))
-        if isinstance(source, TransposedTensor):  # a new tensor (numpy_helper.from_array) names no location
-            tensor.ClearField("data_location")
 
 
 def _min_max(source, per_channel):

@@ -166,6 +166,16 @@ def set_inline(tensor, data):
     tensor.data_location = TensorProto.DEFAULT
 
 
+def write_copy(tensor, source, writer, size_threshold):
+    """A source tensor copied unchanged: into the data file, or inline when under size_threshold."""
+    if goes_external(source.nbytes, size_threshold):
+        writer.append(tensor, source.raw_bytes_chunks())
+    else:
+        set_inline(tensor, b"".join(source.raw_bytes_chunks()))
+        if isinstance(source, TransposedTensor):  # a new tensor (numpy_helper.from_array) names no location
+            tensor.ClearField("data_location")
+
+
 def load_small_external(model, base_dir, size_threshold):
     """Read every external tensor that would stay inside the graph on save (under size_threshold).
 

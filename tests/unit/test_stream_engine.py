@@ -192,8 +192,6 @@ def test_engine_is_recorded_with_peak_rss_and_not_part_of_idempotence(tiny_talke
 def test_engine_choices_are_checked(tiny_talker, tmp_path):
     with pytest.raises(SaraiError, match="unknown engine 'fast': use streaming or onnxruntime"):
         quantize(tiny_talker, str(tmp_path / "x"), engine="fast")
-    with pytest.raises(SaraiError, match="method matmul_nbits has no streaming engine; it runs on onnxruntime"):
-        quantize(tiny_talker, str(tmp_path / "x"), method="matmul_nbits", engine="streaming")
     with pytest.raises(SaraiError, match="method none has no onnxruntime engine"):
         quantize(tiny_talker, str(tmp_path / "x"), method="none", engine="onnxruntime")
     assert os.listdir(tmp_path) == []
