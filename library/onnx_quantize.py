@@ -170,8 +170,9 @@ notes:
   - Output files are mode 0644 and the directory 0755, so a service user can read them.
   - Memory (peak RSS of the whole task, measured by C(make bench), see README) - the C(streaming) engine
     holds one 16 MiB chunk of one tensor at a time (about 150 MiB in all, measured on 0.4 and 1.6 GB
-    models); the C(onnxruntime) engine holds copies of the model (measured on 1.6 GB - C(dynamic_int8)
-    3.1x its FP32 size, C(fp16) 1.7x, C(matmul_nbits) 1.3x).
+    models), and for C(matmul_nbits) one whole MatMul weight at a time (220 MiB, 0.14x, on 1.6 GB);
+    the C(onnxruntime) engine holds copies of the model (measured on 1.6 GB - C(dynamic_int8) 3.1x its
+    FP32 size, C(fp16) 1.7x, C(matmul_nbits) 1.3x).
   - The load check opens the output in onnxruntime without graph optimizations and weight pre-packing,
     so it holds no second copy of the weights; the optimized session is measured by M(onnx_validate).
 seealso:

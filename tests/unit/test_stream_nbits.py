@@ -73,6 +73,18 @@ def embedding(seed=0):
                   [_f32("y", 2, 5, 24), _f32("emb", 2, 5, 33)], inits, {"ids": ids})
 
 
+def constant(seed=0):
+    """A 4 KB Constant value (inline in the source, moved to the data file on save) as the B of a
+    MatMul (not an initializer: left alone), then a quantized MatMul."""
+    rng = np.random.default_rng(seed)
+    value = numpy_helper.from_array((rng.standard_normal((32, 32)) * 0.1).astype(np.float32), "c_value")
+    nodes = [helper.make_node("Constant", [], ["c_w"], name="const", value=value),
+             helper.make_node("MatMul", ["x", "c_w"], ["a"], name="mm_constant"),
+             helper.make_node("MatMul", ["a", "w"], ["y"], name="mm_w")]
+    return _model(nodes, [_f32("x", 2, 32)], [_f32("y", 2, 32)], [_init("w", 32, 32, rng=rng)],
+                  {"x": rng.standard_normal((2, 32)).astype(np.float32)})
+
+
 def with_subgraph(seed=0):
     """An If node: onnxruntime's quantizer walks subgraphs, the streaming engine does not."""
     rng = np.random.default_rng(seed)
@@ -98,6 +110,7 @@ CASES = [("matmuls", o) for o in GRID] + [
     ("embedding", {"op_types_to_quantize": ["Gather"], "block_size": 64, "accuracy_level": 4}),
     ("embedding", {"op_types_to_quantize": ["Gather", "MatMul"], "bits": 8}),  # onnxruntime keeps the Gather
     ("inline", {"bits": 8}),
+    ("constant", {"block_size": 16}),
 ]
 
 
@@ -111,7 +124,8 @@ def models(tiny_talker, tmp_path_factory):
     """{name: (path, feeds)}: small tensors inline in the graph, the others in the external data file."""
     base = tmp_path_factory.mktemp("nbits_models")
     built = {"talker": (tiny_talker, TALKER_FEEDS)}
-    for name, build in (("matmuls", matmuls), ("embedding", embedding), ("with_subgraph", with_subgraph)):
+    for name, build in (("matmuls", matmuls), ("embedding", embedding), ("constant", constant),
+                        ("with_subgraph", with_subgraph)):
         model, feeds = build()
         built[name] = (op_models.save_with_external_data(model, str(base / name / f"{name}.onnx"), 1024), feeds)
     model, feeds = matmuls()  # every weight inside the .onnx, no data file
