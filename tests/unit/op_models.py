@@ -138,13 +138,15 @@ def constant_weights(seed=0):
 
 
 def if_branches(seed=0):
-    """An If whose two branches hold all the weights (silero-vad's layout): the then branch as Constant
-    nodes, the else branch as a Constant and a subgraph initializer; both read x from the outer scope."""
+    """An If whose two branches hold all the weights (silero-vad's layout): the then branch as a Constant
+    node and a main-graph initializer only it reads (silero's op18 file), the else branch as a Constant
+    and a subgraph initializer; both read x from the outer scope."""
     rng = np.random.default_rng(seed)
     then_branch = helper.make_graph(
         [_constant("w_then", 16, 16, rng=rng),
          helper.make_node("MatMul", ["x", "w_then"], ["t1"], name="mm_then"),
-         helper.make_node("Tanh", ["t1"], ["then_out"], name="tanh_then")],
+         helper.make_node("MatMul", ["t1", "w_outer"], ["t2"], name="mm_outer"),
+         helper.make_node("Tanh", ["t2"], ["then_out"], name="tanh_then")],
         "then", [], [_f32("then_out", 2, 16)])
     else_branch = helper.make_graph(
         [_constant("w_else", 16, 16, rng=rng),
@@ -155,7 +157,8 @@ def if_branches(seed=0):
                               else_branch=else_branch)]
     inputs = [_f32("x", 2, 16), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
     x = rng.standard_normal((2, 16)).astype(np.float32)
-    return _model(nodes, inputs, [_f32("y", 2, 16)], []), {"x": x, "cond": np.array(True)}
+    w_outer = _init("w_outer", 16, 16, rng=rng)
+    return _model(nodes, inputs, [_f32("y", 2, 16)], [w_outer]), {"x": x, "cond": np.array(True)}
 
 
 def lstm(seed=0):

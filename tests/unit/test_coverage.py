@@ -60,7 +60,8 @@ def test_weights_are_found_in_initializers_constant_nodes_and_subgraphs():
     assert where["constant_weights"] == {"cw": ("constant_nodes", "Conv"), "mw": ("constant_nodes", "MatMul")}
     assert where["if_branches"] == {"w_then": ("subgraph_constant_nodes", "MatMul"),
                                     "w_else": ("subgraph_constant_nodes", "MatMul"),
-                                    "w_else2": ("subgraph_initializers", "MatMul")}
+                                    "w_else2": ("subgraph_initializers", "MatMul"),
+                                    "w_outer": ("initializers", "MatMul")}  # read by the then branch only
     assert where["lstm"] == {"lstm.W": ("initializers", "LSTM"), "lstm.R": ("initializers", "LSTM"),
                              "lstm.B": ("initializers", "LSTM"), "head": ("initializers", "MatMul")}
 
@@ -71,7 +72,9 @@ def test_weights_are_found_in_initializers_constant_nodes_and_subgraphs():
 def test_constant_weights_become_initializers_with_the_same_outputs(name):
     model, feeds = op_models.BUILDERS[name]()
     hoisted = copy.deepcopy(model)
-    assert hoist_constant_weights(hoisted) == 2
+    assert hoist_constant_weights(hoisted) == (2 if name == "constant_weights" else 3)  # + w_outer sunk
+    if name == "if_branches":  # the weight only the then branch reads now lives in that branch
+        assert {w.name: w.location for w in find_weights(hoisted)}["w_outer"] == "subgraph_initializers"
     assert not any(n.op_type == "Constant" and n.output[0] in ("cw", "mw", "w_then", "w_else")
                    for n in _all_nodes(hoisted.graph))
     assert {w.location for w in find_weights(hoisted)} <= {"initializers", "subgraph_initializers"}
@@ -79,6 +82,18 @@ def test_constant_weights_become_initializers_with_the_same_outputs(name):
     for case in _branch_feeds(feeds):
         for a, b in zip(_run(model, case), _run(hoisted, case)):
             assert a.shape == b.shape and np.array_equal(a, b)  # the same tensors, the same arithmetic
+
+
+def test_a_weight_two_graphs_read_stays_where_it_is():
+    model, feeds = op_models.if_branches()
+    else_branch = next(a.g for a in model.graph.node[0].attribute if a.name == "else_branch")
+    else_branch.node.append(onnx.helper.make_node("MatMul", ["x", "w_outer"], ["unused"], name="mm_outer_else"))
+    hoisted = copy.deepcopy(model)
+    assert hoist_constant_weights(hoisted) == 2  # the two Constant nodes; w_outer is read by both branches
+    assert [t.name for t in hoisted.graph.initializer] == ["w_outer"]
+    for case in _branch_feeds(feeds):
+        for a, b in zip(_run(model, case), _run(hoisted, case)):
+            assert np.array_equal(a, b)
 
 
 def test_constant_weights_are_quantized_by_both_engines_alike(zoo, tmp_path):
@@ -131,10 +146,10 @@ def test_if_branch_weights_are_quantized_by_onnxruntime_and_streaming_says_why_n
     r = quantize(src, str(tmp_path / "int8"))
     assert r["engine"] == "onnxruntime" and "node branch (If) holds a subgraph" in r["engine_fallback_reason"]
     cov = r["coverage"]
-    assert cov["byte_share"] == 1.0 and cov["quantized_tensors"] == 3
-    assert set(cov["by_location"]) == {"subgraph_constant_nodes", "subgraph_initializers"}
+    assert cov["byte_share"] == 1.0 and cov["quantized_tensors"] == 4
+    assert set(cov["by_location"]) == {"initializers", "subgraph_constant_nodes", "subgraph_initializers"}
     out = onnx.load(r["model_path"])
-    assert sum(n.op_type == "MatMulInteger" for n in _all_nodes(out.graph)) == 3
+    assert sum(n.op_type == "MatMulInteger" for n in _all_nodes(out.graph)) == 4
     for case in _branch_feeds(feeds):
         (fp32,), (int8,) = _run(src, case), _run(r["model_path"], case)
         assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.99
@@ -166,7 +181,7 @@ def test_silero_like_if_branches_report_a_nonzero_share(zoo, tmp_path):
     """silero-vad's weights are Constant nodes inside If branches: all of them are counted and quantized."""
     src, _ = zoo["if_branches"]
     r = quantize(src, str(tmp_path / "int8"))
-    assert r["coverage"]["weight_bytes"] == 3 * 16 * 16 * 4 and r["coverage"]["byte_share"] > 0.5
+    assert r["coverage"]["weight_bytes"] == 4 * 16 * 16 * 4 and r["coverage"]["byte_share"] > 0.5
     with open(r["record_path"]) as fh:
         record = json.load(fh)
     assert record["coverage"] == r["coverage"] and record["warnings"] == []
