@@ -75,8 +75,9 @@ size_bytes: {description: Total size of the files., returned: always, type: int}
 sha256: {description: sha256 over the sha256sum listing of the files (null when O(checksum=false))., returned: always, type: str}
 external_data: {description: Whether weights live in external data files., returned: always, type: bool}
 quantization_plan:
-  description: With O(method) - weight tensors (float, rank >= 2) the method would rewrite
-    (C(weight_tensors), C(quantized_tensors), C(weight_bytes), C(quantized_weight_bytes), C(byte_share)).
+  description: With O(method) - weight tensors (float, rank >= 2, in initializers, Constant nodes and subgraphs)
+    the method would rewrite (C(weight_tensors), C(quantized_tensors), C(weight_bytes), C(quantized_weight_bytes),
+    C(byte_share), and the same per op type C(by_op) and per location C(by_location)).
   returned: when O(method) is set
   type: dict
 """
