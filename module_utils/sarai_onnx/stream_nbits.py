@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import StreamingUnsupported
+from .hoist import hoist_constant_weights
 from . import tensor_io
 from .tensor_io import DataFileWriter, SourceTensor, goes_external, is_external, load_small_external, write_copy
 
@@ -268,6 +269,7 @@ def plan(src, source_graph, opts):
     check_supported(source_graph)
     base_dir = os.path.dirname(os.path.abspath(src))
     model = copy.deepcopy(source_graph)
+    hoist_constant_weights(model)  # Constant-node weights become initializers, as quantize._build_matmul_nbits
     # onnxruntime's engine loads every tensor and saves again: the small ones come back inline.
     load_small_external(model, base_dir, SIZE_THRESHOLD)
     replay = _Replay(model, base_dir, opts)
