@@ -50,9 +50,12 @@ options:
       - Keys C(id), C(variant), C(model_name) are required; C(manifest_sha256) and C(catalog) are recorded when given.
     type: dict
   reason:
-    description: Why the switch happened, recorded in the history.
+    description:
+      - Why the switch happened, recorded in the history.
+      - C(baseline) is a switch back to the reference the host ran before it was managed (a rollback that
+        found no validated release and landed on the fallback); it is recorded validated, like the baseline.
     type: str
-    choices: [deploy, rollback, tune]
+    choices: [deploy, rollback, tune, baseline]
     default: deploy
   baseline:
     description:
@@ -172,7 +175,7 @@ def main():
             config=dict(type="path", required=True),
             event=dict(type="str", default="read", choices=["switched", "validated", "failed", "preflight", "read"]),
             release=dict(type="dict"),
-            reason=dict(type="str", default="deploy", choices=["deploy", "rollback", "tune"]),
+            reason=dict(type="str", default="deploy", choices=["deploy", "rollback", "tune", "baseline"]),
             baseline=dict(type="dict"),
             rollback_variant=dict(type="str"),
             leaving=dict(type="str"),

@@ -184,6 +184,7 @@ def record_switch(state, release, event="deploy", baseline=None, now=None):
 
     `baseline` is what the host ran before we managed it (the FP32 reference on a first deploy): on
     a host with no history it is recorded first, so a first deploy can still roll back to it.
+    event="baseline" records a switch to that reference itself (a rollback onto the fallback).
     """
     release = normalize_release(release)
     history = list(state.get("history") or [])
@@ -194,7 +195,9 @@ def record_switch(state, release, event="deploy", baseline=None, now=None):
         baseline = normalize_release(baseline, "baseline")
         if baseline["id"] != release["id"]:
             history.append(dict(baseline, time=now, event="baseline", validated=True))
-    history.append(dict(release, time=now, event=event, validated=False))
+    # A switch back to the reference when the state knows nothing better (event baseline: what the
+    # host ran before it was managed) is as good as the baseline; any other switch waits for its validation.
+    history.append(dict(release, time=now, event=event, validated=event == "baseline"))
     new = copy.deepcopy(state)
     new["history"] = history[-HISTORY_LIMIT:]
     return new
