@@ -333,3 +333,15 @@ def test_broken_sarai_yaml_counts_as_unmanaged_so_a_rollback_can_rewrite_it(tmp_
     assert any("counted as not managed" in w["event"]["msg"] for w in result["warnings"])
     assert result["rollback_target"] == INT8_2  # the newest validated release: where a rollback rewrites it to
     assert config.read_text() == text
+
+
+def test_a_rollback_onto_the_reference_fallback_is_recorded_as_the_baseline():
+    # A first deploy whose switch failed: the state knows nothing, the rollback lands on the FP32
+    # fallback (event baseline). That switch counts as validated, so a later rollback may land there.
+    state = sarai_state.record_switch(sarai_state.empty_state(), FP32, event="baseline", now="T1")
+    assert state["history"][-1]["validated"] is True and state["history"][-1]["event"] == "baseline"
+    state = sarai_state.record_validated(sarai_state.record_switch(state, INT8, now="T2"), INT8["id"], INT8["id"])
+    assert sarai_state.mark_unvalidated(state) is state
+    assert sarai_state.rollback_target(state, INT8["id"]) == FP32
+    # A plain rollback switch waits for its validation like a deploy does.
+    assert sarai_state.record_switch(sarai_state.empty_state(), FP32, event="rollback")["history"][-1]["validated"] is False
