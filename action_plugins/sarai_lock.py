@@ -5,7 +5,9 @@
 The module (library/sarai_lock.py) creates and removes the lock file on the target. This plugin
 describes the run holding it (controller, user, ansible-playbook's pid and start time, playbook),
 retries while another live run holds the lock and `wait_s` allows, tells a stale lock (its run is
-gone) from a live one, breaks a stale one when asked, and fails with a message naming the holder.
+gone) from a live one and from one it cannot check (`unknown`: taken on another controller, or an
+unreadable file), breaks a stale one with `break_stale` and an unknown one only with `break_id`
+naming its holder (the message prints it), and fails with a message naming the holder.
 
 Taking and releasing a lock leaves the host as it was, so neither is reported as a change (a deploy
 that changes nothing else stays changed=0); breaking a stale lock is.
@@ -30,6 +32,7 @@ ARGUMENT_SPEC = dict(
     wait_s=dict(type="int", default=0),
     poll_s=dict(type="int", default=5),
     break_stale=dict(type="bool", default=False),
+    break_id=dict(type="str", default=""),
     purpose=dict(type="str", default=""),
 )
 
@@ -100,10 +103,23 @@ def liveness(holder, here, proc="/proc"):
 
 def describe(holder):
     if not holder.get("id"):
-        return "an unreadable lock file"
-    return "%s (user %s on controller %s, pid %s, playbook %s, run started %s, lock taken %s)" % (
-        holder.get("purpose") or "a run", holder.get("user"), holder.get("controller"), holder.get("pid"),
+        return "an unreadable lock file (holder id %s)" % holder.get("fingerprint")
+    return "%s (holder id %s: user %s on controller %s, pid %s, playbook %s, run started %s, lock taken %s)" % (
+        holder.get("purpose") or "a run", holder["id"], holder.get("user"), holder.get("controller"), holder.get("pid"),
         holder.get("playbook"), holder.get("run_started"), holder.get("since"))
+
+
+def holder_key(holder):
+    """Its id, or the fingerprint of an unreadable lock file (module_utils/sarai_lock.py holder_key)."""
+    return holder.get("id") or holder.get("fingerprint")
+
+
+def may_break(status, holder, args):
+    """Whether this task breaks the lock: a stale one with break_stale; one this controller cannot
+    check (unknown) only with break_id naming its holder; a live one never."""
+    if status == "stale":
+        return bool(args["break_stale"]) or bool(args["break_id"]) and args["break_id"] == holder_key(holder)
+    return status == "unknown" and bool(args["break_id"]) and args["break_id"] == holder_key(holder)
 
 
 class LockTaskFailed(Exception):
@@ -155,8 +171,8 @@ class ActionModule(ActionBase):
                 return dict(result, changed="broken" in result, holder=current,
                             waited_s=round(time.monotonic() - started, 1))
             status, why = liveness(current, run)
-            if status != "alive" and args["break_stale"]:
-                module(state="broken", holder_id=current.get("id"))
+            if may_break(status, current, args):
+                module(state="broken", holder_id=holder_key(current))
                 result["broken"] = current
                 self._display.warning("Broke the lock %s on %s held by %s: %s." % (
                     args["path"], task_vars.get("inventory_hostname"), describe(current), why))
@@ -180,5 +196,12 @@ class ActionModule(ActionBase):
         if status == "stale":
             return ("%s, which is stale: %s. Nothing holds this lock any more; remove it with "
                     "-e sarai_lock_break=true (or delete %s)." % (held, why, args["path"]))
-        return ("%s, which this controller cannot check: %s.%s If no run holds it, remove it with "
-                "-e sarai_lock_break=true." % (held, why, " Waited %d s." % waited if args["wait_s"] else ""))
+        named = ""
+        if args["break_id"]:
+            named = " -e sarai_lock_break_id=%s does not name its holder (it may have changed hands)." % args["break_id"]
+        elif args["break_stale"]:
+            named = " -e sarai_lock_break=true breaks only stale locks, and this one may belong to a live run."
+        return ("%s, which this controller cannot check: %s.%s%s Make sure that no run holds it (ask on %s), then "
+                "remove it with -e sarai_lock_break_id=%s." % (
+                    held, why, " Waited %d s." % waited if args["wait_s"] else "", named,
+                    holder.get("controller") or "the host that wrote it", holder_key(holder)))

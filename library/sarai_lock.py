@@ -15,7 +15,9 @@ description:
     process is gone), and fails naming the holder. The module only does the atomic file operations.
   - A lock the run already holds is taken again, so a rollback inside a deploy works.
   - Taking and releasing the lock are not reported as changes (the lock is gone again at the end of the
-    run, so a deploy that changes nothing else stays C(changed=0)); breaking a stale lock is.
+    run, so a deploy that changes nothing else stays C(changed=0)); breaking a lock is.
+  - Removing a lock (release or break) renames it aside atomically, checks that it moved the lock of the
+    holder it judged, and puts it back otherwise; the lock file and its directory are fsynced.
   - Releasing removes the lock only when this run holds it; a run that could not take it never removes
     another run's lock.
 version_added: "0.2.0"
@@ -44,11 +46,20 @@ options:
     default: 5
   break_stale:
     description:
-      - Remove a lock whose holder is not a live run on this controller - its process is gone, the
-        controller rebooted, or it was taken from another controller (check that no run is active
-        there first). A lock held by a live run on this controller is never broken.
+      - Remove a stale lock - its holder was a run on this controller whose process is gone, or the
+        controller rebooted since. A lock held by a live run on this controller is never broken.
+      - A lock this controller cannot check (taken on another controller, or an unreadable file) is not
+        stale; it needs O(break_id).
     type: bool
     default: false
+  break_id:
+    description:
+      - Remove the lock if this names its holder - the holder id the failure message prints (for an
+        unreadable file, its C(unreadable-<sha256>) fingerprint). For a lock taken on another controller,
+        check there that no run is active first. A lock that changed hands since is left alone.
+      - Empty breaks nothing. A live run on this controller is never broken.
+    type: str
+    default: ""
   purpose:
     description: What the run does, recorded in the lock (for example C(deploy int8-0123456789ab)).
     type: str
@@ -91,7 +102,7 @@ holder:
   sample: {id: "ctl1:4242:98765", controller: ctl1, user: noel, pid: 4242, playbook: playbooks/deploy_int8.yml,
            run_started: "2026-11-23T19:30:00Z", since: "2026-11-23T19:31:05Z", purpose: deploy int8-0123456789ab}
 broken:
-  description: The stale holder this task removed before taking the lock, when it broke one.
+  description: The holder this task removed before taking the lock, when it broke one.
   returned: when a stale lock was broken
   type: dict
 released:

@@ -17,7 +17,10 @@ description:
     that no rollback lands on it). Always returns what runs, what ran before and the release a
     rollback would land on now (the one rollback rule, C(module_utils/sarai_state.py)).
   - Writes atomically; unchanged state is not rewritten, so repeated runs report C(ok).
-  - Reading O(config) needs PyYAML on the target's Python (the runtime venv has it).
+  - Reading O(config) needs PyYAML on the target's Python (the runtime venv has it). A sarai.yaml that does
+    not parse (or holds the wrong types) counts as unmanaged - no release runs - with a warning, so that
+    the deploy or rollback that rewrites it can run.
+  - An empty or wrongly typed state file is an error naming the file and what to do; it is never read as empty.
 version_added: "0.1.0"
 author: sarai-deploy
 options:
@@ -35,9 +38,11 @@ options:
       - C(switched) records that the service is healthy on O(release) (after sarai.yaml names it).
       - C(validated) records that O(release), which runs, passed validation (clears a bad mark).
       - C(failed) marks O(release) bad.
+      - C(preflight) (a run's preflight, under the host lock) marks C(unvalidated) every switch whose
+        run ended before validating it; no rollback lands on those.
       - C(read) changes nothing and only returns the state.
     type: str
-    choices: [switched, validated, failed, read]
+    choices: [switched, validated, failed, preflight, read]
     default: read
   release:
     description:
@@ -45,9 +50,12 @@ options:
       - Keys C(id), C(variant), C(model_name) are required; C(manifest_sha256) and C(catalog) are recorded when given.
     type: dict
   reason:
-    description: Why the switch happened, recorded in the history.
+    description:
+      - Why the switch happened, recorded in the history.
+      - C(baseline) is a switch back to the reference the host ran before it was managed (a rollback that
+        found no validated release and landed on the fallback); it is recorded validated, like the baseline.
     type: str
-    choices: [deploy, rollback, tune]
+    choices: [deploy, rollback, tune, baseline]
     default: deploy
   baseline:
     description:
@@ -111,9 +119,14 @@ previous:
   returned: always
   type: dict
 rollback_target:
-  description: The release record a rollback would land on (newest good release other than the one left), or null.
+  description: The release record a rollback would land on (the newest release that passed validation here, not
+    bad and not the one left), or null.
   returned: always
   type: dict
+config_problem:
+  description: Why O(config) exists but names no release (not valid YAML, wrong types), or null.
+  returned: always
+  type: str
 releases_to_keep:
   description: Release ids cleanup must keep (running, previous, then the newest, O(keep) in all).
   returned: always
@@ -126,6 +139,7 @@ from ansible.module_utils.sarai_state import (
     StateError,
     current_entry,
     load_state,
+    mark_unvalidated,
     previous_entry,
     record_failed,
     record_switch,
@@ -143,6 +157,8 @@ def apply_event(params, state, switched):
     release = params["release"]
     if event == "read":
         return state
+    if event == "preflight":
+        return mark_unvalidated(state)
     if not release:
         raise StateError("event=%s needs `release` (a record with id, variant, model_name)" % event)
     if event == "switched":
@@ -157,9 +173,9 @@ def main():
         argument_spec=dict(
             path=dict(type="path", default="/etc/ansible/facts.d/sarai_model.fact"),
             config=dict(type="path", required=True),
-            event=dict(type="str", default="read", choices=["switched", "validated", "failed", "read"]),
+            event=dict(type="str", default="read", choices=["switched", "validated", "failed", "preflight", "read"]),
             release=dict(type="dict"),
-            reason=dict(type="str", default="deploy", choices=["deploy", "rollback", "tune"]),
+            reason=dict(type="str", default="deploy", choices=["deploy", "rollback", "tune", "baseline"]),
             baseline=dict(type="dict"),
             rollback_variant=dict(type="str"),
             leaving=dict(type="str"),
@@ -169,7 +185,10 @@ def main():
     )
     path = module.params["path"]
     try:
-        switched = switched_release(module.params["config"])
+        switched, config_problem = switched_release(module.params["config"])
+        if config_problem:
+            module.warn("%s: counted as not managed (no release runs); the deploy or rollback that rewrites it "
+                        "can run." % config_problem)
         before = load_state(path)
         after = apply_event(module.params, before, switched)
         changed = after != before
@@ -179,6 +198,7 @@ def main():
             changed=changed,
             state=after,
             switched=switched,
+            config_problem=config_problem,
             current=current_entry(after, switched),
             previous=previous_entry(after, switched),
             rollback_target=rollback_target(after, switched, module.params["rollback_variant"],

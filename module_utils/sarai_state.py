@@ -6,8 +6,12 @@ the file the service was switched to (``switched_release`` reads it). The state 
 cannot be derived from anything else:
 
 - ``history``: the switches that reached a healthy service, oldest first, each a release record
-  with ``event`` (deploy, rollback, tune, baseline), ``time`` and ``validated``;
+  with ``event`` (deploy, rollback, tune, baseline), ``time`` and ``validated``; a switch whose run
+  ended before validation is marked ``unvalidated`` by the next run's preflight (``mark_unvalidated``);
 - ``bad_releases``: release ids that failed and that no rollback may land on.
+
+A rollback lands only on a release that passed validation on this host (or the baseline, the
+reference the host ran before it was managed): a switch that never passed a gate is never a way back.
 
 It is a JSON document kept as an Ansible local fact (/etc/ansible/facts.d/sarai_model.fact), so
 plays can also read it as ``ansible_local.sarai_model``. Every function here is pure (state in,
@@ -27,7 +31,8 @@ import tempfile
 
 SCHEMA = 2
 HISTORY_LIMIT = 20
-RELEASE_KEYS = ("id", "variant", "model_name", "manifest_sha256", "catalog")
+# size_bytes: the switch sizes its settle time from it (roles/sarai_switch), also for a rollback.
+RELEASE_KEYS = ("id", "variant", "model_name", "manifest_sha256", "catalog", "size_bytes")
 
 
 class StateError(Exception):
@@ -53,41 +58,73 @@ def normalize_release(release, what="release"):
 
 
 def load_state(path):
-    """Read the state file; a missing file is an empty state, a broken one an error naming it."""
+    """Read the state file; a missing file is an empty state, an empty or broken one an error naming it
+    (never read as empty: that would drop the history and the bad marks silently)."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError:
         return empty_state()
+    what_to_do = ("Restore it from a backup, or fix it by hand, or move it aside (the next deploy then "
+                  "writes a fresh state, and forgets the history and the releases marked bad); the "
+                  "releases on disk and the running service are untouched.")
     if not text.strip():
-        return empty_state()
+        raise StateError("%s is empty (a crash while it was written?). %s" % (path, what_to_do))
     try:
         state = json.loads(text)
     except ValueError as exc:
-        raise StateError(
-            "%s is not valid JSON (%s). Fix or move it aside; the releases on disk are untouched, "
-            "and the next deploy writes a fresh state." % (path, exc)
-        ) from exc
-    if not isinstance(state, dict):
-        raise StateError("%s must hold a JSON object, found %s" % (path, type(state).__name__))
+        raise StateError("%s is not valid JSON (%s). %s" % (path, exc, what_to_do)) from exc
+    problem = state_problem(state)
+    if problem:
+        raise StateError("%s is corrupt: %s. %s" % (path, problem, what_to_do))
     return {"schema": SCHEMA, "history": list(state.get("history") or []),
             "bad_releases": list(state.get("bad_releases") or [])}
 
 
+def state_problem(state):
+    """What is wrong with the types of a parsed state document, or None."""
+    if not isinstance(state, dict):
+        return "it must hold a JSON object, found %s" % type(state).__name__
+    history = state.get("history")
+    if history is not None and not isinstance(history, list):
+        return '"history" must be a list of switches, found %s %r' % (type(history).__name__, history)
+    for index, entry in enumerate(history or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+            return '"history"[%d] must be an object with a string "id", found %r' % (index, entry)
+        if not isinstance(entry.get("validated", False), bool):
+            return '"history"[%d].validated must be true or false, found %r' % (index, entry["validated"])
+    bad = state.get("bad_releases")
+    if bad is not None and not (isinstance(bad, list) and all(isinstance(item, str) and item for item in bad)):
+        return '"bad_releases" must be a list of release ids, found %s %r' % (type(bad).__name__, bad)
+    return None
+
+
+def _fsync_directory(directory):
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def save_state(path, state):
-    """Write the state atomically (temp file in the same directory, then rename)."""
+    """Write the state atomically and durably (temp file in the same directory, fsync, rename, fsync
+    of the directory): a crash or power cut leaves the old state or the new one, never an empty file."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     handle, temp_path = tempfile.mkstemp(prefix=".sarai_state.", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(render(state))
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(temp_path, 0o644)
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
             os.unlink(temp_path)
         raise
+    _fsync_directory(directory)
 
 
 def render(state):
@@ -95,21 +132,32 @@ def render(state):
 
 
 def switched_release(config_path):
-    """The release id sarai.yaml names (audio_omni.deployment.release), or None for a config this
-    project did not render (the hand-made one a first deploy replaces) or no config at all."""
+    """(release id, problem): the release sarai.yaml names (audio_omni.deployment.release), or None for
+    a config this project did not render (the hand-made one a first deploy replaces), no config at
+    all, or one that does not parse. `problem` says why a config that exists names no release when it
+    is broken (not YAML, wrong types): such a config counts as unmanaged, so that the deploy or
+    rollback that rewrites it can run."""
     try:
         with open(config_path, encoding="utf-8") as handle:
             text = handle.read()
     except FileNotFoundError:
-        return None
+        return None, None
     import yaml  # the runtime venv has PyYAML; imported here so the pure rules need nothing
 
     try:
-        config = yaml.safe_load(text) or {}
+        config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise StateError("%s is not valid YAML (%s): fix it or deploy again to rewrite it" % (config_path, exc)) from exc
-    deployment = (config.get("audio_omni") or {}).get("deployment") if isinstance(config, dict) else None
-    return (deployment or {}).get("release") or None
+        return None, "%s is not valid YAML (%s)" % (config_path, " ".join(str(exc).split()))
+    if config is None:
+        return None, None
+    omni = config.get("audio_omni") if isinstance(config, dict) else None
+    deployment = omni.get("deployment") if isinstance(omni, dict) else None
+    release = deployment.get("release") if isinstance(deployment, dict) else None
+    if not isinstance(config, dict) or ("audio_omni" in config and not isinstance(omni, dict)):
+        return None, "%s does not hold an audio_omni mapping" % config_path
+    if release is not None and not (isinstance(release, str) and release):
+        return None, "%s: audio_omni.deployment.release is %r, not a release id" % (config_path, release)
+    return release or None, None
 
 
 def current_entry(state, switched):
@@ -136,6 +184,7 @@ def record_switch(state, release, event="deploy", baseline=None, now=None):
 
     `baseline` is what the host ran before we managed it (the FP32 reference on a first deploy): on
     a host with no history it is recorded first, so a first deploy can still roll back to it.
+    event="baseline" records a switch to that reference itself (a rollback onto the fallback).
     """
     release = normalize_release(release)
     history = list(state.get("history") or [])
@@ -146,7 +195,9 @@ def record_switch(state, release, event="deploy", baseline=None, now=None):
         baseline = normalize_release(baseline, "baseline")
         if baseline["id"] != release["id"]:
             history.append(dict(baseline, time=now, event="baseline", validated=True))
-    history.append(dict(release, time=now, event=event, validated=False))
+    # A switch back to the reference when the state knows nothing better (event baseline: what the
+    # host ran before it was managed) is as good as the baseline; any other switch waits for its validation.
+    history.append(dict(release, time=now, event=event, validated=event == "baseline"))
     new = copy.deepcopy(state)
     new["history"] = history[-HISTORY_LIMIT:]
     return new
@@ -166,6 +217,7 @@ def record_validated(state, release_id, switched, now=None):
         return state
     new = copy.deepcopy(state)
     new["history"][-1].update(validated=True, validated_time=now or utc_now())
+    new["history"][-1].pop("unvalidated", None)
     new["bad_releases"] = bad
     return new
 
@@ -185,20 +237,46 @@ def record_failed(state, release_id):
     return new
 
 
+def validated_ids(state):
+    """Ids of the releases that passed validation on this host (a baseline counts: it ran before),
+    and are not marked bad since."""
+    bad = set(state.get("bad_releases") or [])
+    return {entry.get("id") for entry in state.get("history") or []
+            if entry.get("validated") is True and entry.get("id") not in bad}
+
+
+def mark_unvalidated(state, now=None):
+    """Preflight of a run, under the host lock: every switch still waiting for its validation belongs
+    to a run that ended before validating it (a dead controller). Mark those entries `unvalidated`
+    (never a rollback target). A release that passed validation before (a rollback onto it) or that
+    is marked bad is not marked. Returns the new state (the same object when nothing is marked)."""
+    passed = validated_ids(state)
+    bad = set(state.get("bad_releases") or [])  # failed: marked already, and more plainly
+    marks = [index for index, entry in enumerate(state.get("history") or [])
+             if not entry.get("validated") and not entry.get("unvalidated") and entry.get("id") not in passed | bad]
+    if not marks:
+        return state
+    new = copy.deepcopy(state)
+    for index in marks:
+        new["history"][index].update(unvalidated=True, unvalidated_time=now or utc_now())
+    return new
+
+
 def rollback_target(state, switched, variant=None, leaving=None):
     """The rollback rule: the release a rollback lands on, or None.
 
     `leaving` is the release being abandoned (default: the one sarai.yaml names). When sarai.yaml
     names another release (a deploy failed before it rendered its config), that running release
-    is the target. Otherwise the candidates are the recorded switches, newest first. Never the
-    release being left, never one marked bad; with `variant`, only releases of that variant.
+    is the target if it passed validation. Otherwise the candidates are the recorded switches, newest
+    first. Only a release that passed validation here (validated_ids), never the release being left,
+    never one marked bad; with `variant`, only releases of that variant.
     """
     leaving = leaving or switched
-    bad = set(state.get("bad_releases") or [])
+    passed = validated_ids(state)
     history = list(reversed(state.get("history") or []))
     running = [entry for entry in history if switched and entry.get("id") == switched][:1]
     for candidate in running + history:
-        if candidate.get("id") in bad or candidate.get("id") == leaving:
+        if candidate.get("id") not in passed or candidate.get("id") == leaving:
             continue
         if not candidate.get("model_name"):  # written by state schema 1: not a release record
             continue

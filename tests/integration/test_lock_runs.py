@@ -27,6 +27,7 @@ PLAYBOOK = """
         wait_s: {wait_s}
         poll_s: 1
         break_stale: {break_stale}
+        break_id: "{break_id}"
       register: taken
     - name: Keep what taking the lock returned
       ansible.builtin.copy:
@@ -43,10 +44,10 @@ PLAYBOOK = """
 """
 
 
-def _playbook(tmp_path, name, lock, purpose, wait_s=0, hold_s=0, break_stale=False):
+def _playbook(tmp_path, name, lock, purpose, wait_s=0, hold_s=0, break_stale=False, break_id=""):
     path = tmp_path / f"{name}.yml"
     path.write_text(PLAYBOOK.format(lock=lock, name=name, purpose=purpose, wait_s=wait_s, hold_s=hold_s,
-                                    break_stale=str(break_stale).lower()))
+                                    break_stale=str(break_stale).lower(), break_id=break_id))
     return str(path)
 
 
@@ -97,7 +98,7 @@ def test_second_run_fails_at_once_then_waits_for_the_first(tmp_path, lock):
     try:
         rc, out, seconds = _run(_playbook(tmp_path, "b", lock, "deploy fp16-bbbbbbbbbbbb"))
         assert rc != 0, out
-        assert f"localhost:{lock} is locked by deploy int8-aaaaaaaaaaaa (user " in out
+        assert f"localhost:{lock} is locked by deploy int8-aaaaaaaaaaaa (holder id " in out and ": user " in out
         assert f", pid {holder.pid}, playbook {tmp_path}/a.yml, run started " in out
         assert "still runs" in out and "sarai_lock_wait_s" in out
         assert not os.path.exists(f"{lock}.b.json")
@@ -132,3 +133,35 @@ def test_lock_of_a_killed_run_is_stale_and_broken_only_when_asked(tmp_path, lock
     taken = _taken(lock, "f")
     assert taken["broken"]["pid"] == killed.pid and taken["changed"] is True
     assert not os.path.exists(lock)
+
+
+def test_lock_of_another_controller_breaks_only_with_its_holder_id(tmp_path, lock):
+    # Issue 16, finding 5: a live run on another controller holds the lock; this controller cannot see
+    # its process. sarai_lock_break=true must not remove it; the holder id the message prints does.
+    os.makedirs(os.path.dirname(lock))
+    other = {"id": "ctl-b:4242:777", "controller": "ctl-b", "user": "ana", "pid": 4242, "pid_start_ticks": 777,
+             "boot_id": "elsewhere", "playbook": "playbooks/deploy_int8.yml", "purpose": "deploy int8-eeeeeeeeeeee",
+             "run_started": "T0", "since": "T1"}
+    with open(lock, "w", encoding="utf-8") as handle:
+        json.dump(other, handle)
+    before = pathlib.Path(lock).read_bytes()
+
+    rc, out, seconds = _run(_playbook(tmp_path, "g", lock, "rollback", break_stale=True))
+    assert rc != 0, out
+    assert "which this controller cannot check: it was taken on another controller (ctl-b)" in out
+    assert "sarai_lock_break=true breaks only stale locks" in out
+    assert "-e sarai_lock_break_id=ctl-b:4242:777" in out
+    assert pathlib.Path(lock).read_bytes() == before  # untouched
+    assert sorted(os.listdir(os.path.dirname(lock))) == ["deploy.lock"]
+
+    rc, out, seconds = _run(_playbook(tmp_path, "h", lock, "rollback", break_id="ctl-b:4242:99"))
+    assert rc != 0 and "-e sarai_lock_break_id=ctl-b:4242:99 does not name its holder" in out, out
+    assert pathlib.Path(lock).read_bytes() == before
+
+    rc, out, seconds = _run(_playbook(tmp_path, "i", lock, "rollback", break_id="ctl-b:4242:777"))
+    assert rc == 0, out
+    assert "Broke the lock" in out and "holder id ctl-b:4242:777" in out
+    taken = _taken(lock, "i")
+    assert taken["broken"] == other and taken["changed"] is True and taken["holder"]["purpose"] == "rollback"
+    assert not os.path.exists(lock)  # i released its own lock at the end
+    assert [name for name in os.listdir(os.path.dirname(lock)) if not name.endswith(".json")] == []

@@ -110,7 +110,7 @@ def _lab(tmp_path):
             "sarai_runtime_python": sys.executable, "sarai_build_python": sys.executable,
             "sarai_target_variant": "int8", "sarai_reference_variant": "fp32",
             "sarai_reports_dir": str(tmp_path / "reports"),
-            "sarai_lock_wait_s": 0, "sarai_lock_break": False,
+            "sarai_lock_wait_s": 0, "sarai_lock_break": False, "sarai_lock_break_id": "",
             "sarai_build_lock_file": base + "/build.lock",
             "sarai_state_file": base + "/{{ inventory_hostname }}/state.fact",
             "sarai_config_path": base + "/{{ inventory_hostname }}/sarai.yaml",

@@ -12,6 +12,12 @@ file, load_s, first_inference_s, pid (plus a few descriptive fields).
 Anything that goes wrong before READY (config unreadable, model missing or not loadable, inference
 fails, port taken) exits non-zero with the reason on stderr, so `systemctl restart sarai` fails and
 the journal says why: a bad deploy is visible to systemd.
+
+Fault for the tests (off by default): `--die-after-s N [--die-if-model-contains TEXT]`, or the
+environment variables SARAI_STANDIN_DIE_AFTER_S / SARAI_STANDIN_DIE_IF_MODEL_CONTAINS (a systemd
+drop-in sets them without touching the unit), exits N s after READY when the model path contains
+TEXT: the real service that dies while it loads a model too big for the server, after systemd
+already said `active` (and health, here, answered).
 """
 
 import argparse
@@ -28,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
 EXIT_PORT = 4
+EXIT_LATE = 5
 
 # onnxruntime type strings -> numpy dtype names
 _DTYPES = {
@@ -200,11 +207,25 @@ def make_server(port, status):
         die(EXIT_PORT, f"cannot listen on 127.0.0.1:{port}: {exc}")
 
 
+def die_later(after_s, model_path, only_if):
+    """The late-death fault: exit EXIT_LATE `after_s` seconds from now if `only_if` is in model_path."""
+    if after_s <= 0 or only_if not in model_path:
+        return
+    def die():
+        log(f"fault: dying {after_s:g} s after ready (--die-after-s), as a model that cannot finish loading")
+        os._exit(EXIT_LATE)
+    threading.Timer(after_s, die).start()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="sarai.yaml")
     ap.add_argument("--port", type=int, required=True, help="health port on 127.0.0.1")
     ap.add_argument("--status", default="/run/sarai/status.json", help="status file")
+    ap.add_argument("--die-after-s", type=float, default=float(os.environ.get("SARAI_STANDIN_DIE_AFTER_S") or 0),
+                    help="test fault: exit this many seconds after READY (0: never)")
+    ap.add_argument("--die-if-model-contains", default=os.environ.get("SARAI_STANDIN_DIE_IF_MODEL_CONTAINS", ""),
+                    help="test fault: only when the model path contains this text")
     args = ap.parse_args(argv)
 
     omni = read_config(args.config)
@@ -224,6 +245,7 @@ def main(argv=None):
     sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {status['model_path']}")
     log(f"ready: {status['model_path']} sha256={status['sha256'][:12]} load_s={status['load_s']} "
         f"first_inference_s={status['first_inference_s']} health=127.0.0.1:{args.port}")
+    die_later(args.die_after_s, status["model_path"], args.die_if_model_contains)
     server.serve_forever(poll_interval=0.5)
     server.server_close()
     return 0
