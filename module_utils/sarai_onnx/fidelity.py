@@ -7,8 +7,9 @@ output stays within `fidelity_target` of the FP32 source on the validation input
   3. the best of those with the k most sensitive MatMuls (sensitivity.rank_matmuls) kept in FP32,
      k doubled until the target passes, then bisected down to the fewest that still pass;
 within a budget of trials, wall time and a floor on the share of weight bytes still quantized.
-Every trial is a real build (quantize() into a scratch dir) measured against FP32 with
-validate.compare(), the metrics onnx_validate reports, on the inputs onnx_validate would generate.
+Every trial is a real build (quantize() into a scratch dir) judged against FP32 by the verdict
+onnx_validate applies (verdict.compare and verdict.gate_results: per output, `ignore`d outputs,
+agreement gates, non-finite values fail), on the inputs onnx_validate would generate.
 
 The release records the request (options, target, budget, inputs digest) and the outcome, so a
 second run with the same request reuses it without searching again; a damaged release is rebuilt
@@ -32,9 +33,10 @@ from .model import graph_inputs, load_graph, model_files
 from .quantize import RECORD_NAME, describe_source, extra_of, normalize_options, quantize
 from .sensitivity import rank_matmuls
 from .session import make_session
-from .validate import GATES, compare, evaluate_gates, normalize_gates
+from .validate import GENERATED_INPUTS_WARNING, normalize_gates
+from .verdict import FIDELITY, IGNORE, OUTPUTS, check_output_names, compare, gate_results, shortfall
 
-TARGET_KEYS = ("cosine_min", "mse_max", "mae_max")
+TARGET_KEYS = tuple(FIDELITY) + (IGNORE, OUTPUTS)
 BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5}
 SEARCHABLE = ("dynamic_int8",)
 RECORD_KEYS = ("fidelity", "excluded_nodes", "search")
@@ -56,7 +58,7 @@ def normalize_target(target):
         raise SaraiError(f"fidelity_target key(s) {', '.join(unknown)} are not fidelity gates: "
                          f"use {', '.join(TARGET_KEYS)} (speed is measured on the server by onnx_validate)")
     gates = normalize_gates(target, has_reference=True)
-    if not gates:
+    if not set(gates) & set(FIDELITY) and not gates.get(OUTPUTS):
         raise SaraiError(f"fidelity_target sets no limit: give at least one of {', '.join(TARGET_KEYS)}")
     return gates
 
@@ -112,21 +114,6 @@ def run_outputs(path, feeds):
     return dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
 
 
-def shortfall(metrics, target):
-    """How far the metrics are from the target, worst gate first: <= 1 meets it (ranks failed trials)."""
-    worst = 0.0
-    for gate, limit in target.items():
-        value = metrics.get(GATES[gate][0])
-        if value is None:
-            return math.inf
-        if gate == "cosine_min":
-            ratio = (1.0 - value) / max(1.0 - limit, 1e-12)
-        else:
-            ratio = value / limit if limit > 0 else (0.0 if value == 0 else math.inf)
-        worst = max(worst, ratio)
-    return worst
-
-
 def pin_yaml(method, opts):
     """The variant's `quantization:` line that rebuilds these options without searching (flow YAML)."""
     keys = ["weight_type", "per_channel", "reduce_range", "nodes_to_exclude"]
@@ -152,6 +139,7 @@ class _Search:
         self.scratch, self.build_kwargs = scratch, build_kwargs
         self.started = time.perf_counter()
         self.reference = run_outputs(src, feeds)
+        check_output_names(target, list(self.reference), "fidelity_target")
         self.trials = []
         self.options = []  # the options of each trial
         self.scores = []  # shortfall() of each trial
@@ -175,19 +163,22 @@ class _Search:
         try:
             built = quantize(self.src, dest, self.method, model_name=self.model_name, options=opts,
                              **self.build_kwargs)
-            metrics = compare(self.reference, run_outputs(built["model_path"], self.feeds))
+            outputs = run_outputs(built["model_path"], self.feeds)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
-        passed = all(g["passed"] for g in evaluate_gates(metrics, self.target))
+        metrics = compare(self.reference, outputs, self.target.get(IGNORE, ()))
+        results = gate_results(metrics, self.reference, outputs, self.target)
+        passed = all(g["passed"] for g in results)
         trial = {"trial": len(self.trials) + 1, "change": change,
                  "weight_type": opts["weight_type"], "per_channel": opts["per_channel"],
                  "reduce_range": opts["reduce_range"], "excluded_count": excluded_count,
                  "cosine": metrics["cosine"], "mse": metrics["mse"], "mae": metrics["mae"],
                  "max_abs": metrics["max_abs"], "quantized_share": built["coverage"]["byte_share"],
+                 "outputs": metrics["outputs"], "failed_gates": [g for g in results if not g["passed"]],
                  "passed": passed, "seconds": round(time.perf_counter() - t0, 3)}
         self.trials.append(trial)
         self.options.append(opts)
-        self.scores.append(shortfall(metrics, self.target))
+        self.scores.append(shortfall(results))
         return trial
 
     def best(self):
