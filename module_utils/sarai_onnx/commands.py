@@ -11,7 +11,7 @@ from .errors import SaraiError
 QUANTIZE_OPTIONS = ("weight_type", "per_channel", "reduce_range", "nodes_to_exclude", "op_types_to_quantize",
                     "keep_io_types", "bits", "block_size", "symmetric", "accuracy_level")
 # The fidelity search (sarai_onnx.fidelity): used only when fidelity_target is set.
-SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values")
+SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values", "state_map")
 GATE_OPTIONS = ("cosine_min", "mse_max", "mae_max", "speedup_min", "p50_max_ms", "p99_max_ms", "rss_max_mb",
                 "expected_output_shapes")  # validate.GATES + SHAPES_GATE (a unit test keeps them equal)
 VALIDATE_SPEED = ("speed_budget_s", "speedup_ci_width")  # unset: validate()'s defaults (documented the same)
@@ -41,7 +41,8 @@ def _quantize(p, check_mode):
 
         result = quantize_to_target(p["src"], p["dest"], method, options, p["fidelity_target"],
                                     search_budget=p.get("search_budget"), inputs=p.get("inputs"),
-                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"), **build)
+                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"),
+                                    state_map=p.get("state_map"), **build)
     else:
         result = quantize(p["src"], p["dest"], method=method, options=options, **build)
     coverage = result.get("coverage") or result.get("planned")

@@ -28,13 +28,14 @@ import numpy as np
 
 from .coverage import planned_weights
 from .errors import SaraiError
-from .inputs import generate_inputs, load_npz
-from .model import graph_inputs, load_graph, model_files
+from .inputs import generate_inputs, load_npz, load_sequence_npz
+from .model import graph_inputs, load_graph, model_files, value_infos
 from .quantize import RECORD_NAME, describe_source, extra_of, normalize_options, quantize
 from .sensitivity import rank_matmuls
 from .session import make_session
 from .validate import GENERATED_INPUTS_WARNING, normalize_gates
-from .verdict import FIDELITY, IGNORE, OUTPUTS, check_output_names, compare, gate_results, shortfall
+from .verdict import (FIDELITY, IGNORE, OUTPUTS, check_output_names, check_state_map, compare, gate_results,
+                      run_sequence, shortfall)
 
 TARGET_KEYS = tuple(FIDELITY) + (IGNORE, OUTPUTS)
 BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5}
@@ -96,6 +97,16 @@ def validation_feeds(model, inputs=None, input_shapes=None, input_values=None):
     return generate_inputs(signature, input_shapes, input_values, INPUT_SEED)
 
 
+def validation_sequence(model, inputs, state_map):
+    """(first-window feeds, (windows, state_map)) as onnx_validate reads a stream for a stateful model."""
+    signature = graph_inputs(model)
+    check_state_map(state_map, [s["name"] for s in signature], [o["name"] for o in value_infos(model.graph.output)])
+    if not inputs:
+        raise SaraiError("state_map needs `inputs`: an .npz with a leading window axis for the streamed input(s)")
+    windows, initial = load_sequence_npz(inputs, signature, state_map)
+    return dict({n: a[0] for n, a in windows.items()}, **initial), (windows, dict(state_map))
+
+
 def feeds_digest(feeds):
     """sha256 over the input names, dtypes, shapes and bytes: what the search measured on."""
     digest = hashlib.sha256()
@@ -108,10 +119,15 @@ def feeds_digest(feeds):
 
 # ---------------------------------------------------------------- measuring
 
-def run_outputs(path, feeds):
-    """{output name: array} of one onnxruntime run with default CPU session options."""
+def run_outputs(path, feeds, sequence=None):
+    """{output name: array} of one onnxruntime run with default CPU session options; with sequence =
+    (windows, state_map) the outputs of every window, state carried (verdict.run_sequence)."""
     session = make_session(path, None)
-    return dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
+    names = [o.name for o in session.get_outputs()]
+    if sequence:
+        windows, state_map = sequence
+        return run_sequence(lambda f: session.run(None, f), windows, {k: feeds[k] for k in state_map}, state_map, names)
+    return dict(zip(names, session.run(None, feeds)))
 
 
 def pin_yaml(method, opts):
@@ -133,12 +149,12 @@ def _describe(trial):
 class _Search:
     """Trials in a scratch dir; each one a quantize() build measured against the FP32 outputs."""
 
-    def __init__(self, src, method, model_name, feeds, target, budget, scratch, build_kwargs):
+    def __init__(self, src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence=None):
         self.src, self.method, self.model_name = src, method, model_name
-        self.feeds, self.target, self.budget = feeds, target, budget
+        self.feeds, self.target, self.budget, self.sequence = feeds, target, budget, sequence
         self.scratch, self.build_kwargs = scratch, build_kwargs
         self.started = time.perf_counter()
-        self.reference = run_outputs(src, feeds)
+        self.reference = run_outputs(src, feeds, sequence)
         check_output_names(target, list(self.reference), "fidelity_target")
         self.trials = []
         self.options = []  # the options of each trial
@@ -163,11 +179,11 @@ class _Search:
         try:
             built = quantize(self.src, dest, self.method, model_name=self.model_name, options=opts,
                              **self.build_kwargs)
-            outputs = run_outputs(built["model_path"], self.feeds)
+            outputs = run_outputs(built["model_path"], self.feeds, self.sequence)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
         metrics = compare(self.reference, outputs, self.target.get(IGNORE, ()))
-        results = gate_results(metrics, self.reference, outputs, self.target)
+        results = gate_results(metrics, self.reference, outputs, self.target, leading_window_axis=bool(self.sequence))
         passed = all(g["passed"] for g in results)
         trial = {"trial": len(self.trials) + 1, "change": change,
                  "weight_type": opts["weight_type"], "per_channel": opts["per_channel"],
@@ -287,7 +303,7 @@ def _finish(result, method, extra):
 
 def quantize_to_target(src, dest, method, options, fidelity_target, search_budget=None, inputs=None,
                        input_shapes=None, input_values=None, model_name=None, tmp_dir=None, check_mode=False,
-                       **build_kwargs):
+                       state_map=None, **build_kwargs):
     """quantize() with the options a search finds for `fidelity_target`. Returns the result dict;
     failed=True (and nothing built) when the budget is spent without meeting the target."""
     if method not in SEARCHABLE:
@@ -297,11 +313,18 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     target, budget = normalize_target(fidelity_target), normalize_budget(search_budget)
     src, dest = os.path.abspath(src), os.path.abspath(dest)
     source_graph = load_graph(src)
-    feeds = validation_feeds(source_graph, inputs, input_shapes, input_values)
-    request = json.loads(json.dumps({"options": opts, "target": target, "budget": budget,
-                                     "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
-                                                for k, v in feeds.items()},
-                                     "inputs_sha256": feeds_digest(feeds)}))
+    sequence = None
+    if state_map:
+        feeds, sequence = validation_sequence(source_graph, inputs, state_map)
+    else:
+        feeds = validation_feeds(source_graph, inputs, input_shapes, input_values)
+    measured = dict(feeds, **sequence[0]) if sequence else feeds  # a stream: its windows are what is compared
+    request = {"options": opts, "target": target, "budget": budget,
+               "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in measured.items()},
+               "inputs_sha256": feeds_digest(measured)}
+    if sequence:
+        request["state_map"] = sequence[1]
+    request = json.loads(json.dumps(request))
     build_kwargs = dict(build_kwargs, tmp_dir=tmp_dir)
     source_sha256 = describe_source(model_files(src, source_graph), dest)["sha256"]
     record = _recorded(dest, request, source_sha256)
@@ -320,7 +343,7 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     os.makedirs(scratch_parent, exist_ok=True)
     scratch = tempfile.mkdtemp(dir=scratch_parent, prefix=f".{os.path.basename(dest)}.search-")
     try:
-        search = _Search(src, method, model_name, feeds, target, budget, scratch, build_kwargs)
+        search = _Search(src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence)
         try:
             chosen, ranking = _search(search, source_graph, opts)
         except _BudgetSpent as spent:

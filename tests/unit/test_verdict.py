@@ -355,3 +355,18 @@ def test_fidelity_target_takes_per_output_gates_and_checks_their_names(talker_ou
                                     {"outputs": {"logits": {"argmax": {"axis": -1, "agreement_min": 0.5}}}},
                                     input_shapes=OUTLIER_SHAPES, search_budget={"max_trials": 4})
     assert r["fidelity"]["passed"] and r["search"][0]["outputs"]["logits"]["size"] > 0
+
+
+def test_fidelity_search_judges_a_stream_as_validation_does(models, tmp_path):
+    seq = _sequence(tmp_path / "seq.npz")
+    with pytest.raises(SaraiError, match=r"state_map\['state'\] = 'h' is not an output of the model"):
+        fidelity.quantize_to_target(models["rnn"], str(tmp_path / "bad"), "dynamic_int8", {}, {"cosine_min": 0.9},
+                                    inputs=seq, state_map={"state": "h"})
+    assert not (tmp_path / "bad").exists()
+    r = fidelity.quantize_to_target(models["rnn"], str(tmp_path / "int8"), "dynamic_int8", {},
+                                    {"cosine_min": 0.5, "ignore": ["stateN"]}, inputs=seq,
+                                    state_map={"state": "stateN"}, search_budget={"max_trials": 2})
+    first = r["search"][0]
+    assert first["outputs"]["prob"]["size"] == 12 and first["outputs"]["stateN"]["size"] == 12 * 8
+    assert r["fidelity"]["request"]["state_map"] == {"state": "stateN"}
+    assert r["fidelity"]["request"]["inputs"]["x"]["shape"] == [12, 1, 8]
