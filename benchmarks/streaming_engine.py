@@ -86,7 +86,7 @@ def bench_model(model_label, size_mb, hidden, work, seq):
             ours, ref = releases.pop((label, "streaming")), releases.pop((label, "onnxruntime"))
             check, _, _ = sarai_onnx("validate", dict(model=ours["model_path"], reference=ref["model_path"],
                                                       input_shapes={"hidden_states": [1, seq, hidden]},
-                                                      warmup=0, runs=1), work)
+                                                      warmup=1, runs=20), work)
             rows[-1]["same_files"] = ours["files"] == ref["files"]
             rows[-1]["max_abs"] = check["metrics"]["max_abs"]
             rows[-1]["ort_step_s"] = next(r["step_s"] for r in rows if r["method"] == label

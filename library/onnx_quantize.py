@@ -136,8 +136,8 @@ options:
     type: path
   fidelity_target:
     description:
-      - Fidelity the release must reach against the FP32 source, with the metrics of M(onnx_validate)
-        (all outputs flattened together). Searches for the options that reach it (see description).
+      - Fidelity the release must reach against the FP32 source, judged as M(onnx_validate) judges it (the same
+        code - each output on its own, non-finite values fail). Searches for the options that reach it (see description).
       - Set it tighter than the deploy gates, so small differences between the build host and the
         servers (CPU kernels) cannot fail the gates there.
       - Only with O(method=dynamic_int8). Unset, the module builds exactly the options given.
@@ -146,6 +146,15 @@ options:
       cosine_min: {description: Lowest cosine similarity allowed., type: float}
       mse_max: {description: Highest mean squared error allowed., type: float}
       mae_max: {description: Highest mean absolute error allowed., type: float}
+      ignore:
+        description: Outputs no fidelity gate applies to (e.g. a recurrent state).
+        type: list
+        elements: str
+      outputs:
+        description:
+          - Output name -> its own gates (C(cosine_min), C(mse_max), C(mae_max), C(threshold), C(argmax)), as
+            in M(onnx_validate)'s O(onnx_validate#module:gates).
+        type: dict
   search_budget:
     description: Limits of the O(fidelity_target) search. When one is reached before the target, the task fails.
     type: dict
@@ -181,6 +190,11 @@ options:
     type: dict
   input_values:
     description: Input name -> fixed value for integer and scalar inputs of the search (e.g. C(sr) -> C(16000)).
+    type: dict
+  state_map:
+    description:
+      - State input -> the output carried into it; the search then judges the whole stream of windows in
+        O(inputs) (a leading window axis), as M(onnx_validate) does with its O(onnx_validate#module:state_map).
     type: dict
 notes:
   - Method options left unset take the method's default named in their description (shown as
@@ -381,7 +395,10 @@ def main():
         progress_file=dict(type="path"),
         tmp_dir=dict(type="path"),
         fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
-                                                       mae_max=dict(type="float"))),
+                                                       mae_max=dict(type="float"),
+                                                       ignore=dict(type="list", elements="str"),
+                                                       outputs=dict(type="dict"))),
+        state_map=dict(type="dict"),
         search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
                                                      min_quantized_share=dict(type="float"))),
         min_quantized_share=dict(type="float"),

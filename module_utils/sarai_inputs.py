@@ -15,7 +15,8 @@ import re
 from ansible.module_utils.sarai_onnx.errors import SaraiError
 from ansible.module_utils.sarai_onnx.quantize import METHODS, OPTION_DEFAULTS, normalize_options
 from ansible.module_utils.sarai_onnx.release import VARIANT_PATTERN
-from ansible.module_utils.sarai_onnx.validate import GATES, SHAPES_GATE, normalize_gates
+from ansible.module_utils.sarai_onnx.validate import GATES, SHAPES_GATE, _check_limit, normalize_gates
+from ansible.module_utils.sarai_onnx.verdict import IGNORE, OUTPUTS, normalize_output_gates
 
 CATALOG_VAR = "sarai_model_variants"
 GATES_VAR = "sarai_validation_gates"
@@ -188,9 +189,9 @@ def check_gates(gates, var=GATES_VAR):
     if not isinstance(gates, dict):
         return [problem(var, gates, "must map gate names to limits",
                         f"e.g. {{cosine_min: 0.98, mse_max: 0.01}}; gates: {', '.join(sorted(GATE_EXAMPLES))}")]
-    problems = []
+    problems = check_output_gates(gates, var)
     for name, limit in gates.items():
-        if limit is None:
+        if limit is None or name in (IGNORE, OUTPUTS):
             continue
         gate_var = f"{var}.{name}"
         if name not in GATES and name != SHAPES_GATE:
@@ -210,6 +211,23 @@ def check_gates(gates, var=GATES_VAR):
             problems.append(problem(gate_var, limit, "must be in (0, 1]: a cosine of 0 or less accepts outputs "
                                     "unrelated to the reference", fix))
     return problems
+
+
+OUTPUT_GATES_EXAMPLE = ("e.g. ignore: [state] and outputs: {speech: {cosine_min: 0.99, "
+                        "threshold: {at: 0.5, agreement_min: 0.99}}}")
+
+
+def check_output_gates(gates, var=GATES_VAR):
+    """gates.ignore (output names) and gates.outputs (per-output gates, agreement in [0, 1]), as
+    onnx_validate checks them; the names themselves are checked against the model on the server."""
+    if not gates.get(IGNORE) and not gates.get(OUTPUTS):
+        return []
+    value = {k: gates.get(k) for k in (IGNORE, OUTPUTS) if gates.get(k) is not None}
+    try:
+        normalize_output_gates(gates, _check_limit, var)
+    except SaraiError as exc:
+        return [problem(var, value, str(exc), OUTPUT_GATES_EXAMPLE)]
+    return []
 
 
 # ---------------------------------------------------------------- variant names

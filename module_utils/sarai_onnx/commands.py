@@ -11,9 +11,10 @@ from .errors import SaraiError
 QUANTIZE_OPTIONS = ("weight_type", "per_channel", "reduce_range", "nodes_to_exclude", "op_types_to_quantize",
                     "keep_io_types", "bits", "block_size", "symmetric", "accuracy_level")
 # The fidelity search (sarai_onnx.fidelity): used only when fidelity_target is set.
-SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values")
+SEARCH_PARAMS = ("fidelity_target", "search_budget", "inputs", "input_shapes", "input_values", "state_map")
 GATE_OPTIONS = ("cosine_min", "mse_max", "mae_max", "speedup_min", "p50_max_ms", "p99_max_ms", "rss_max_mb",
                 "expected_output_shapes")  # validate.GATES + SHAPES_GATE (a unit test keeps them equal)
+VALIDATE_SPEED = ("speed_budget_s", "speedup_ci_width")  # unset: validate()'s defaults (documented the same)
 TUNE_OPTIONS = ("model", "release", "session_options", "inputs", "input_shapes", "input_values", "seed", "warmup",
                 "runs", "grid", "max_configs", "time_budget_s", "processes", "fidelity_max_abs", "min_gain_pct",
                 "fact_path", "report")
@@ -39,9 +40,15 @@ def _quantize(p, check_mode):
 
         result = quantize_to_target(p["src"], p["dest"], method, options, p["fidelity_target"],
                                     search_budget=p.get("search_budget"), inputs=p.get("inputs"),
-                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"), **build)
+                                    input_shapes=p.get("input_shapes"), input_values=p.get("input_values"),
+                                    state_map=p.get("state_map"), **build)
     else:
         result = quantize(p["src"], p["dest"], method=method, options=options, **build)
+    if p.get("fidelity_target") and not p.get("inputs"):  # the search judged on generated inputs
+        from .validate import GENERATED_INPUTS_WARNING
+
+        result["input_warning"] = GENERATED_INPUTS_WARNING
+        result["warnings"] = list(result.get("warnings") or []) + [GENERATED_INPUTS_WARNING]
     return result
 
 
@@ -65,7 +72,8 @@ def _validate(p, check_mode):
                       inputs=p.get("inputs"), input_shapes=p.get("input_shapes"),
                       input_values=p.get("input_values"), seed=_default(p, "seed", 0),
                       warmup=_default(p, "warmup", 3), runs=_default(p, "runs", 20), gates=gates,
-                      report=p.get("report"), progress_file=p.get("progress_file"), check_mode=check_mode)
+                      report=p.get("report"), progress_file=p.get("progress_file"), state_map=p.get("state_map"),
+                      **{k: p[k] for k in VALIDATE_SPEED if p.get(k) is not None}, check_mode=check_mode)
     if result["failed_gates"] and _default(p, "fail_on_gate", True):
         result["failed"] = True
     return result
@@ -89,8 +97,8 @@ COMMANDS = {
                  + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",
-                             "seed", "warmup", "runs", "gates", "fail_on_gate", "report", "progress_file")
-                 + GATE_OPTIONS),
+                             "seed", "warmup", "runs", "gates", "fail_on_gate", "report", "progress_file",
+                             "state_map") + VALIDATE_SPEED + GATE_OPTIONS),
     "tune": (_tune, TUNE_OPTIONS),
 }
 REQUIRED = {"info": ("path",), "quantize": ("src", "dest"), "manifest": ("path",), "validate": ("model",),

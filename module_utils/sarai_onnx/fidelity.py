@@ -7,8 +7,9 @@ output stays within `fidelity_target` of the FP32 source on the validation input
   3. the best of those with the k most sensitive MatMuls (sensitivity.rank_matmuls) kept in FP32,
      k doubled until the target passes, then bisected down to the fewest that still pass;
 within a budget of trials, wall time and a floor on the share of weight bytes still quantized.
-Every trial is a real build (quantize() into a scratch dir) measured against FP32 with
-validate.compare(), the metrics onnx_validate reports, on the inputs onnx_validate would generate.
+Every trial is a real build (quantize() into a scratch dir) judged against FP32 by the verdict
+onnx_validate applies (verdict.compare and verdict.gate_results: per output, `ignore`d outputs,
+agreement gates, non-finite values fail), on the inputs onnx_validate would generate.
 
 The release records the request (options, target, budget, inputs digest) and the outcome, so a
 second run with the same request reuses it without searching again; a damaged release is rebuilt
@@ -27,14 +28,16 @@ import numpy as np
 
 from .coverage import planned_weights
 from .errors import SaraiError
-from .inputs import generate_inputs, load_npz
-from .model import graph_inputs, load_graph, model_files
+from .inputs import generate_inputs, load_npz, load_sequence_npz
+from .model import graph_inputs, load_graph, model_files, value_infos
 from .quantize import RECORD_NAME, describe_source, extra_of, normalize_options, quantize
 from .sensitivity import rank_matmuls
 from .session import make_session
-from .validate import GATES, compare, evaluate_gates, normalize_gates
+from .validate import normalize_gates
+from .verdict import (FIDELITY, IGNORE, OUTPUTS, check_output_names, check_state_map, compare, gate_results,
+                      run_sequence, shortfall)
 
-TARGET_KEYS = ("cosine_min", "mse_max", "mae_max")
+TARGET_KEYS = tuple(FIDELITY) + (IGNORE, OUTPUTS)
 BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5}
 SEARCHABLE = ("dynamic_int8",)
 RECORD_KEYS = ("fidelity", "excluded_nodes", "search")
@@ -56,7 +59,7 @@ def normalize_target(target):
         raise SaraiError(f"fidelity_target key(s) {', '.join(unknown)} are not fidelity gates: "
                          f"use {', '.join(TARGET_KEYS)} (speed is measured on the server by onnx_validate)")
     gates = normalize_gates(target, has_reference=True)
-    if not gates:
+    if not set(gates) & set(FIDELITY) and not gates.get(OUTPUTS):
         raise SaraiError(f"fidelity_target sets no limit: give at least one of {', '.join(TARGET_KEYS)}")
     return gates
 
@@ -94,6 +97,16 @@ def validation_feeds(model, inputs=None, input_shapes=None, input_values=None):
     return generate_inputs(signature, input_shapes, input_values, INPUT_SEED)
 
 
+def validation_sequence(model, inputs, state_map):
+    """(first-window feeds, (windows, state_map)) as onnx_validate reads a stream for a stateful model."""
+    signature = graph_inputs(model)
+    check_state_map(state_map, [s["name"] for s in signature], [o["name"] for o in value_infos(model.graph.output)])
+    if not inputs:
+        raise SaraiError("state_map needs `inputs`: an .npz with a leading window axis for the streamed input(s)")
+    windows, initial = load_sequence_npz(inputs, signature, state_map)
+    return dict({n: a[0] for n, a in windows.items()}, **initial), (windows, dict(state_map))
+
+
 def feeds_digest(feeds):
     """sha256 over the input names, dtypes, shapes and bytes: what the search measured on."""
     digest = hashlib.sha256()
@@ -106,25 +119,15 @@ def feeds_digest(feeds):
 
 # ---------------------------------------------------------------- measuring
 
-def run_outputs(path, feeds):
-    """{output name: array} of one onnxruntime run with default CPU session options."""
+def run_outputs(path, feeds, sequence=None):
+    """{output name: array} of one onnxruntime run with default CPU session options; with sequence =
+    (windows, state_map) the outputs of every window, state carried (verdict.run_sequence)."""
     session = make_session(path, None)
-    return dict(zip((o.name for o in session.get_outputs()), session.run(None, feeds)))
-
-
-def shortfall(metrics, target):
-    """How far the metrics are from the target, worst gate first: <= 1 meets it (ranks failed trials)."""
-    worst = 0.0
-    for gate, limit in target.items():
-        value = metrics.get(GATES[gate][0])
-        if value is None:
-            return math.inf
-        if gate == "cosine_min":
-            ratio = (1.0 - value) / max(1.0 - limit, 1e-12)
-        else:
-            ratio = value / limit if limit > 0 else (0.0 if value == 0 else math.inf)
-        worst = max(worst, ratio)
-    return worst
+    names = [o.name for o in session.get_outputs()]
+    if sequence:
+        windows, state_map = sequence
+        return run_sequence(lambda f: session.run(None, f), windows, {k: feeds[k] for k in state_map}, state_map, names)
+    return dict(zip(names, session.run(None, feeds)))
 
 
 def pin_yaml(method, opts):
@@ -146,12 +149,13 @@ def _describe(trial):
 class _Search:
     """Trials in a scratch dir; each one a quantize() build measured against the FP32 outputs."""
 
-    def __init__(self, src, method, model_name, feeds, target, budget, scratch, build_kwargs):
+    def __init__(self, src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence=None):
         self.src, self.method, self.model_name = src, method, model_name
-        self.feeds, self.target, self.budget = feeds, target, budget
+        self.feeds, self.target, self.budget, self.sequence = feeds, target, budget, sequence
         self.scratch, self.build_kwargs = scratch, build_kwargs
         self.started = time.perf_counter()
-        self.reference = run_outputs(src, feeds)
+        self.reference = run_outputs(src, feeds, sequence)
+        check_output_names(target, list(self.reference), "fidelity_target")
         self.trials = []
         self.options = []  # the options of each trial
         self.scores = []  # shortfall() of each trial
@@ -176,22 +180,24 @@ class _Search:
             # The search judges the share itself (below); the trial build must not refuse it first.
             built = quantize(self.src, dest, self.method, model_name=self.model_name, options=opts,
                              **dict(self.build_kwargs, allow_low_coverage=True))
-            metrics = compare(self.reference, run_outputs(built["model_path"], self.feeds))
+            outputs = run_outputs(built["model_path"], self.feeds, self.sequence)
         finally:
             shutil.rmtree(dest, ignore_errors=True)
         share = built["coverage"]["byte_share"]
+        metrics = compare(self.reference, outputs, self.target.get(IGNORE, ()))
+        results = gate_results(metrics, self.reference, outputs, self.target, leading_window_axis=bool(self.sequence))
         # The floor holds for every trial, the first included: quantizing nothing always meets a target.
-        passed = all(g["passed"] for g in evaluate_gates(metrics, self.target)) \
-            and share >= self.budget["min_quantized_share"]
+        passed = all(g["passed"] for g in results) and share >= self.budget["min_quantized_share"]
         trial = {"trial": len(self.trials) + 1, "change": change,
                  "weight_type": opts["weight_type"], "per_channel": opts["per_channel"],
                  "reduce_range": opts["reduce_range"], "excluded_count": excluded_count,
                  "cosine": metrics["cosine"], "mse": metrics["mse"], "mae": metrics["mae"],
                  "max_abs": metrics["max_abs"], "quantized_share": share,
+                 "outputs": metrics["outputs"], "failed_gates": [g for g in results if not g["passed"]],
                  "passed": passed, "seconds": round(time.perf_counter() - t0, 3)}
         self.trials.append(trial)
         self.options.append(opts)
-        self.scores.append(shortfall(metrics, self.target))
+        self.scores.append(shortfall(results))
         return trial
 
     def best(self):
@@ -306,7 +312,7 @@ def _finish(result, method, extra):
 
 def quantize_to_target(src, dest, method, options, fidelity_target, search_budget=None, inputs=None,
                        input_shapes=None, input_values=None, model_name=None, tmp_dir=None, check_mode=False,
-                       **build_kwargs):
+                       state_map=None, **build_kwargs):
     """quantize() with the options a search finds for `fidelity_target`. Returns the result dict;
     failed=True (and nothing built) when the budget is spent without meeting the target."""
     if method not in SEARCHABLE:
@@ -316,11 +322,18 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     target, budget = normalize_target(fidelity_target), normalize_budget(search_budget)
     src, dest = os.path.abspath(src), os.path.abspath(dest)
     source_graph = load_graph(src)
-    feeds = validation_feeds(source_graph, inputs, input_shapes, input_values)
-    request = json.loads(json.dumps({"options": opts, "target": target, "budget": budget,
-                                     "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
-                                                for k, v in feeds.items()},
-                                     "inputs_sha256": feeds_digest(feeds)}))
+    sequence = None
+    if state_map:
+        feeds, sequence = validation_sequence(source_graph, inputs, state_map)
+    else:
+        feeds = validation_feeds(source_graph, inputs, input_shapes, input_values)
+    measured = dict(feeds, **sequence[0]) if sequence else feeds  # a stream: its windows are what is compared
+    request = {"options": opts, "target": target, "budget": budget,
+               "inputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in measured.items()},
+               "inputs_sha256": feeds_digest(measured)}
+    if sequence:
+        request["state_map"] = sequence[1]
+    request = json.loads(json.dumps(request))
     build_kwargs = dict(build_kwargs, tmp_dir=tmp_dir)
     if build_kwargs.get("min_quantized_share") is None:  # the release is held to the floor its search was
         build_kwargs["min_quantized_share"] = budget["min_quantized_share"]
@@ -341,7 +354,7 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     os.makedirs(scratch_parent, exist_ok=True)
     scratch = tempfile.mkdtemp(dir=scratch_parent, prefix=f".{os.path.basename(dest)}.search-")
     try:
-        search = _Search(src, method, model_name, feeds, target, budget, scratch, build_kwargs)
+        search = _Search(src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence)
         try:
             chosen, ranking = _search(search, source_graph, opts)
         except _BudgetSpent as spent:

@@ -9,6 +9,8 @@ How, in order:
            in batches of `processes` live processes (RAM: one model copy each); every batch also
            holds the current options twice, so each configuration is compared with the current
            ones measured beside it, and the two copies show the run-to-run noise of that batch.
+           Every worker's session runs with session.intra_op.allow_spinning=0 (validate's measuring
+           options): the processes waiting for their turn must not spin on the cores of the timed one.
   budget   after the first batch has loaded, its load and warm-up times size the rest: as many
            configurations as fit time_budget_s with at least MIN_RUNS timed runs each, then as many
            runs (up to `runs`) as fit. The required configurations are measured whatever it costs.

@@ -35,11 +35,14 @@ GATES = {
     "cosine_min": ("cosine", ">=", "cosine"),
     "mse_max": ("mse", "<=", "error"),
     "mae_max": ("mae", "<=", "error"),
-    "speedup_min": ("speedup", ">=", "speedup"),
+    "speedup_min": ("speedup_ci95_low", ">=", "speedup"),  # the low end of the speedup's 95% interval
     "p50_max_ms": ("p50_ms", "<=", "ms"),
     "p99_max_ms": ("p99_ms", "<=", "ms"),
     "rss_max_mb": ("peak_rss_mb", "<=", "mib"),
 }
+# Task-level agreement gates of one output (module_utils/sarai_onnx/verdict.AGREEMENT).
+AGREEMENT_GATES = {"threshold": ("threshold agreement", ">=", "share"),
+                   "argmax": ("argmax agreement", ">=", "share")}
 
 # The comparison table: (label, metric, how to show its values). Lower is better for all of them.
 COMPARED = (
@@ -86,6 +89,8 @@ def _show(value, how):
         return f"{value:.3g}"
     if how == "speedup":
         return f"{value:.2f}x"
+    if how == "share":
+        return f"{value * 100:.2f}%"
     if how == "s":
         return f"{value:.3f} s"
     if how == "ms":
@@ -238,15 +243,50 @@ def gate_rows(result):
     rows = []
     for g in (result or {}).get("gate_results") or []:
         name = str(g.get("gate", ""))
-        if name in GATES:
-            metric, op, how = GATES[name]
+        output = g.get("output")
+        if name in GATES or name in AGREEMENT_GATES:
+            metric, op, how = GATES.get(name) or AGREEMENT_GATES[name]
             symbol = "\u2265" if op == ">=" else "\u2264"
-            rows.append({"gate": name, "metric": metric, "rule": f"{symbol} {_show(g.get('limit'), how)}",
-                         "value": _show(g.get("value"), how), "passed": bool(g.get("passed"))})
+            value = _show(g.get("value"), how)
+            if g.get("reason"):
+                value = f"{value} ({g['reason']})"
+            if name == "speedup_min" and isinstance(g.get("interval"), list) and len(g["interval"]) == 2:
+                value = f"{value} (95% interval {_show(g['interval'][0], how)}-{_show(g['interval'][1], how)})"
+            rows.append({"gate": f"{name} [{output}]" if output is not None else name, "metric": metric,
+                         "rule": f"{symbol} {_show(g.get('limit'), how)}", "value": value,
+                         "passed": bool(g.get("passed"))})
         else:  # expected_output_shapes.<output>: shapes, not numbers
             rows.append({"gate": name, "metric": "output shape", "rule": f"= {g.get('limit')}",
                          "value": str(g.get("value")), "passed": bool(g.get("passed"))})
     return rows
+
+
+def output_rows(result):
+    """One row per output compared with the reference: {output, cosine, mse, mae, max_abs, nonfinite,
+    size, gated} as display strings (gated: "ignored" for outputs listed in gates.ignore). [] without
+    a reference."""
+    per = _metrics(_metrics(result, "metrics"), "outputs")
+    ignored = (_metrics(result, "gates").get("ignore") or []) if isinstance(result, dict) else []
+    rows = []
+    for name, m in per.items():
+        m = m if isinstance(m, dict) else {}
+        rows.append({"output": str(name), "cosine": _show(m.get("cosine"), "cosine"),
+                     "mse": _show(m.get("mse"), "error"), "mae": _show(m.get("mae"), "error"),
+                     "max_abs": _show(m.get("max_abs"), "error"),
+                     "nonfinite": str(m.get("nonfinite_values")) if _is_num(m.get("nonfinite_values")) else "n/a",
+                     "size": str(m.get("size")) if _is_num(m.get("size")) else "n/a",
+                     "gated": "ignored" if name in ignored else "gated"})
+    return rows
+
+
+def speedup_interval(result):
+    """The speedup's 95% interval as text ("1.92x-2.10x, 400 runs"), or "" without one."""
+    m = _metrics(result, "metrics")
+    ci = m.get("speedup_ci95")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_is_num(v) for v in ci)):
+        return ""
+    runs = result.get("runs") if isinstance(result, dict) else None
+    return f"{_show(ci[0], 'speedup')}-{_show(ci[1], 'speedup')}" + (f", {runs} timed runs each" if _is_num(runs) else "")
 
 
 def search_rows(record):
@@ -477,6 +517,8 @@ class FilterModule:
         return {
             "sarai_report_rows": report_rows,
             "sarai_gate_rows": gate_rows,
+            "sarai_output_rows": output_rows,
+            "sarai_speedup_interval": speedup_interval,
             "sarai_search_rows": search_rows,
             "sarai_fmt": fmt_metric,
             "sarai_svg_latency": latency_svg,

@@ -191,3 +191,53 @@ def save_with_external_data(model, path, size_threshold=0):
     onnx.save_model(copy.deepcopy(model), path, save_as_external_data=True, all_tensors_to_one_file=True,
                     location=os.path.basename(path) + ".data", size_threshold=size_threshold)
     return path
+
+
+# ---------------------------------------------------------------- verdict models (tests/unit/test_verdict.py)
+
+def two_outputs(sign=1.0, seed=0):
+    """A large `state` output (4096 values, a copy of x) beside a small `prob` (16 values,
+    sigmoid(sign * w * y)): with sign=-1 every prob decision flips while the flattened cosine over
+    both outputs stays near 1, as silero-vad's state dominates its speech probability."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((np.abs(rng.standard_normal((1, 16))) * sign * 2).astype(np.float32), "w")
+    one = numpy_helper.from_array(np.ones((1,), np.float32), "one")
+    nodes = [helper.make_node("Mul", ["x", "one"], ["state"], name="copy_state"),
+             helper.make_node("Mul", ["y", "w"], ["logit"], name="scale"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    return _model(nodes, [_f32("x", 1, 4096), _f32("y", 1, 16)], [_f32("state", 1, 4096), _f32("prob", 1, 16)],
+                  [w, one])
+
+
+def sqrt_model(absolute=True):
+    """out = sqrt(|x|) (the reference) or sqrt(x): NaN wherever x < 0, finite elsewhere."""
+    nodes = ([helper.make_node("Abs", ["x"], ["a"], name="abs")] if absolute
+             else [helper.make_node("Identity", ["x"], ["a"], name="same")])
+    nodes.append(helper.make_node("Sqrt", ["a"], ["out"], name="sqrt"))
+    return _model(nodes, [_f32("x", 1, 64)], [_f32("out", 1, 64)], [])
+
+
+def empty_output():
+    """`out` = x[:, 0:0]: an output that holds no values, beside a normal `y`."""
+    starts = numpy_helper.from_array(np.array([0], np.int64), "starts")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Slice", ["x", "starts", "starts", "axes"], ["out"], name="slice"),
+             helper.make_node("Identity", ["x"], ["y"], name="same")]
+    return _model(nodes, [_f32("x", 1, 8)], [_f32("out", 1, 0), _f32("y", 1, 8)], [starts, axes])
+
+
+def recurrent(state_scale=1.0, seed=0):
+    """A simple recurrent cell: stateN = tanh(x Wx + state Ws), prob = sigmoid(stateN Wo). With
+    state_scale=0 the state is ignored: the same outputs as the real cell on a first window whose
+    state is zero, different from the second window on."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("wx", 8, 8, rng=rng, scale=0.8), _init("wo", 8, 1, rng=rng, scale=1.0)]
+    ws = (rng.standard_normal((8, 8)) * 0.8 * state_scale).astype(np.float32)
+    inits.append(numpy_helper.from_array(ws, "ws"))
+    nodes = [helper.make_node("MatMul", ["x", "wx"], ["a"], name="in_proj"),
+             helper.make_node("MatMul", ["state", "ws"], ["b"], name="state_proj"),
+             helper.make_node("Add", ["a", "b"], ["c"], name="add"),
+             helper.make_node("Tanh", ["c"], ["stateN"], name="tanh"),
+             helper.make_node("MatMul", ["stateN", "wo"], ["logit"], name="out_proj"),
+             helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid")]
+    return _model(nodes, [_f32("x", 1, 8), _f32("state", 1, 8)], [_f32("prob", 1, 1), _f32("stateN", 1, 8)], inits)

@@ -63,6 +63,7 @@ def _record(release, variant):
 def _validate_into(directory, release, **kwargs):
     """Validate like the role does: onnx_validate writes <remote dir>/<release id>.json."""
     directory.mkdir(parents=True)
+    kwargs.setdefault("speed_budget_s", 2)  # the speedup's interval is not what these tests judge
     return validate(release["model_path"], input_shapes=SHAPES, report=str(directory / f"{release['id']}.json"),
                     **kwargs)
 
@@ -92,7 +93,7 @@ def validated(releases, tmp_path_factory):
     second = _validate_into(server / "agi1-run2", int8, reference=fp32["model_path"], warmup=2, runs=20,
                             gates=GATES)
     alone = _validate_into(server / "agi2-run1", fp32, warmup=2, runs=20, gates={})
-    failed = _validate_into(server / "agi3-run1", int8, reference=fp32["model_path"], warmup=0, runs=6,
+    failed = _validate_into(server / "agi3-run1", int8, reference=fp32["model_path"], warmup=1, runs=20,
                             gates=dict(GATES, speedup_min=1000.0))
     releases_dir = server / "by_id"  # <releases dir>/<release id>/, as the role finds a release on a server
     releases_dir.mkdir()
@@ -183,7 +184,12 @@ def test_markdown_has_time_versions_hashes_and_the_measurements(validated):
     assert "| metric | FP32 | INT8 | change |" in md
     m, r = result["metrics"], result["reference_metrics"]
     assert f"| P50 latency | {r['p50_ms']:.2f} ms | {m['p50_ms']:.2f} ms |" in md
-    assert f"| `cosine_min` | cosine ≥ 0.980000 | {m['cosine']:.6f} | passed |" in md
+    assert f"| `cosine_min [logits]` | cosine ≥ 0.980000 | {m['cosine']:.6f} | passed |" in md
+    logits = m["outputs"]["logits"]
+    assert f"| `logits` | {logits['cosine']:.6f} | {logits['mse']:.3g} |" in md and "| gated |" in md
+    low, high = m["speedup_ci95"]
+    assert f", 95% interval {low:.2f}x-{high:.2f}x, {result['runs']} timed runs each" in md
+    assert "> **Warning** — generated inputs: give real inputs with `inputs`" in md
     assert "## Accuracy search at build time" in md and "| 4 | keep 3 FFN outputs in FP32 | 3 | 0.990400 |" in md
     assert "13 weight tensors)\n- Kept in FP32: 3 node(s)" in md and "100.0% of the weight bytes quantized" in md
 
@@ -203,7 +209,8 @@ def test_failed_gate_is_shown_failed_in_both_formats(validated):
     int8, fp32, result = validated["int8"], validated["fp32"], validated["runs"]["agi3"][0]
     md = render("report.md.j2", result, int8, fp32, validated["record"], host="agi3")
     assert "**Verdict: FAILED** — gate speedup_min failed:" in md
-    assert re.search(r"\| `speedup_min` \| speedup ≥ 1000\.00x \| [0-9.]+x \| \*\*FAILED\*\* \|", md)
+    assert re.search(r"\| `speedup_min` \| speedup_ci95_low ≥ 1000\.00x \| [0-9.]+x \(95% interval [0-9.]+x-[0-9.]+x\)"
+                     r" \| \*\*FAILED\*\* \|", md)
     page = render("report.html.j2", result, int8, fp32, validated["record"], host="agi3")
     assert 'class="verdict fail"' in page and "1 of 4 gates failed: speedup_min" in page
     assert re.search(r'<tr class="fail"><td><code>speedup_min</code>.*<span class="chip fail">FAIL</span>', page)
@@ -222,6 +229,10 @@ def test_html_is_self_contained_with_every_chart(validated):
     assert latency.count("<circle") == len(result["latency_samples_ms"]["model"]) + len(
         result["latency_samples_ms"]["reference"])
     assert 'class="verdict pass"' in page and f"{result['metrics']['cosine']:.6f}" in page
+    assert '<p class="note warning"><strong>Warning</strong>: generated inputs: give real inputs with `inputs`' in page
+    assert '<tr class="output"><td>output <code>logits</code> (gated, ' in page
+    low, high = result["metrics"]["speedup_ci95"]
+    assert f"<td>speedup 95% interval</td><td class=\"num\"></td><td class=\"num\">{low:.2f}x-{high:.2f}x" in page
     assert f'<a href="{_stamp(result)}.json">' in page
 
 

@@ -211,3 +211,33 @@ def test_coverage_floor_keys_are_known_and_valid_values_pass(shipped):
     shipped["catalog"]["fp16"].update(min_quantized_share=0, allow_low_coverage=True)
     result = inputs.check_inputs(**shipped)
     assert result["problems"] == [] and result["warnings"] == []  # not "keys that nothing reads"
+
+
+# ---------------------------------------------------------------- per-output gates (issue 14)
+
+def test_per_output_and_agreement_gates_are_accepted(shipped):
+    shipped["gates"].update(ignore=["stateN"], outputs={"speech": {"cosine_min": 0.99,
+                                                                   "threshold": {"at": 0.5, "agreement_min": 0.99}}})
+    shipped["catalog"]["int8"]["gates"] = {"outputs": {"logits": {"argmax": {"axis": -1, "agreement_min": 1}}}}
+    assert inputs.check_inputs(**shipped)["problems"] == []
+
+
+@pytest.mark.parametrize("gates, message", [
+    ({"ignore": "stateN"}, "sarai_validation_gates.ignore='stateN' must be a list of output names"),
+    ({"outputs": {"speech": {"threshold": {"at": 0.5, "agreement_min": 1.2}}}},
+     r"sarai_validation_gates.outputs.speech.threshold.agreement_min=1.2 is out of range: it must be a number in [0, 1]"),
+    ({"outputs": {"speech": {"argmax": {"axis": -1, "agreement_min": -0.5}}}}, "agreement_min=-0.5 is out of range"),
+    ({"outputs": {"speech": {"threshold": {"agreement_min": 0.9}}}}, "threshold.at=None must be a finite number"),
+    ({"outputs": {"speech": {"speedup_min": 2}}}, "has unknown gate(s) speedup_min"),
+    ({"ignore": ["speech"], "outputs": {"speech": {"cosine_min": 0.9}}}, "is also in sarai_validation_gates.ignore"),
+])
+def test_bad_per_output_gates_are_refused_naming_the_variable(shipped, gates, message):
+    shipped["gates"].update(gates)
+    problems = inputs.check_inputs(**shipped)["problems"]
+    assert len(problems) == 1 and problems[0].startswith("sarai_validation_gates = ") and message in problems[0]
+
+
+def test_bad_per_output_gate_of_a_variant_names_the_variant(shipped):
+    shipped["catalog"]["int8"]["gates"] = {"outputs": {"speech": {"cosine_min": 3}}}
+    problems = inputs.check_inputs(**shipped)["problems"]
+    assert len(problems) == 1 and "sarai_model_variants.int8.gates.outputs.speech.cosine_min=3 is out of range" in problems[0]

@@ -20,8 +20,8 @@ METRICS = {"load_s", "first_inference_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms
 
 @pytest.fixture(scope="module")
 def int8_vs_fp32(releases, talker):
-    return validate(releases["dynamic_int8"]["model_path"], reference=talker, input_shapes=SHAPES,
-                    warmup=1, runs=5, gates={"cosine_min": 0.98, "mse_max": 0.01, "mae_max": 0.05})
+    return validate(releases["dynamic_int8"]["model_path"], reference=talker, input_shapes=SHAPES, speed_budget_s=2,
+                    warmup=1, runs=20, gates={"cosine_min": 0.98, "mse_max": 0.01, "mae_max": 0.05})
 
 
 def test_reports_every_metric_against_the_reference(int8_vs_fp32):
@@ -36,13 +36,13 @@ def test_reports_every_metric_against_the_reference(int8_vs_fp32):
 
 def test_fp16_and_int4_validate_with_high_cosine(releases, talker):
     for method in ("fp16", "matmul_nbits"):
-        result = validate(releases[method]["model_path"], reference=talker, input_shapes=SHAPES,
-                          warmup=0, runs=2, gates={"cosine_min": 0.99})
+        result = validate(releases[method]["model_path"], reference=talker, input_shapes=SHAPES, speed_budget_s=2,
+                          warmup=1, runs=20, gates={"cosine_min": 0.99})
         assert result["passed"], result["msg"]
 
 
 def test_impossible_gate_is_named_with_value_and_limit(releases, talker):
-    result = validate(releases["none"]["model_path"], reference=talker, input_shapes=SHAPES, warmup=0, runs=3,
+    result = validate(releases["none"]["model_path"], reference=talker, input_shapes=SHAPES, speed_budget_s=2, warmup=1, runs=20,
                       gates={"speedup_min": 1000.0, "cosine_min": 0.5,
                              "expected_output_shapes": {"logits": [1, 16, 999]}})
     assert [f["gate"] for f in result["failed_gates"]] == ["speedup_min", "expected_output_shapes.logits"]
@@ -54,7 +54,7 @@ def test_impossible_gate_is_named_with_value_and_limit(releases, talker):
 
 def test_report_is_written_as_json(releases, tmp_path):
     report = tmp_path / "report.json"
-    result = validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=0, runs=2,
+    result = validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=1, runs=20,
                       gates={"p50_max_ms": 1e6}, report=str(report))
     saved = json.loads(report.read_text())
     assert saved["metrics"]["p50_ms"] == result["metrics"]["p50_ms"] and saved["passed"]
@@ -62,7 +62,7 @@ def test_report_is_written_as_json(releases, tmp_path):
 
 
 def test_check_mode_writes_no_report(releases, tmp_path):
-    validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=0, runs=1,
+    validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=1, runs=20,
              report=str(tmp_path / "r.json"), check_mode=True)
     assert os.listdir(tmp_path) == []
 
@@ -71,13 +71,13 @@ def test_npz_inputs_are_used_as_given(releases, talker, tmp_path):
     x = np.random.default_rng(5).standard_normal((2, 4, 256)).astype(np.float32)
     np.savez(tmp_path / "in.npz", hidden_states=x)
     result = validate(releases["fp16"]["model_path"], reference=talker, inputs=str(tmp_path / "in.npz"),
-                      warmup=0, runs=1)
+                      warmup=1, runs=20)
     assert result["inputs"] == {"hidden_states": {"shape": [2, 4, 256], "dtype": "float32"}}
     assert result["metrics"]["output_shapes"] == {"logits": [2, 4, 1024]}
 
 
 def test_session_options_are_applied_in_the_measuring_process(releases):
-    result = validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=0, runs=1,
+    result = validate(releases["dynamic_int8"]["model_path"], input_shapes=SHAPES, warmup=1, runs=20,
                       session_options={"graph_optimization_level": "ORT_DISABLE_ALL",
                                        "intra_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
                                        "enable_cpu_mem_arena": False, "enable_mem_pattern": True,
@@ -93,7 +93,7 @@ def test_sample_rate_input_gets_its_fixed_value(talker_sr):
     with pytest.raises(SaraiError, match=r"model input 'sr' is a scalar .* give its value in input_values"):
         generate_inputs(sig, {"hidden_states": [1, 4, 64]})
     result = validate(talker_sr, reference=talker_sr, input_shapes={"hidden_states": [1, 4, 64]},
-                      input_values={"sr": 16000}, warmup=0, runs=1, gates={"cosine_min": 0.9999})
+                      input_values={"sr": 16000}, warmup=1, runs=20, gates={"cosine_min": 0.9999})
     assert result["passed"] and result["inputs"]["sr"] == {"shape": [], "dtype": "int64"}
 
 
@@ -153,9 +153,9 @@ def test_reference_gates_need_a_reference(releases, tmp_path):
 
 
 def test_non_finite_metric_fails_its_gate():
-    results = evaluate_gates({"cosine": None, "mse": 0.0}, {"cosine_min": 0.9, "mse_max": 0.1})
-    assert results == [{"gate": "cosine_min", "value": None, "limit": 0.9, "passed": False},
-                       {"gate": "mse_max", "value": 0.0, "limit": 0.1, "passed": True}]
+    results = evaluate_gates({"speedup_ci95_low": None, "p50_ms": 3.0}, {"speedup_min": 1.5, "p50_max_ms": 10})
+    assert results == [{"gate": "speedup_min", "value": None, "limit": 1.5, "passed": False},
+                       {"gate": "p50_max_ms", "value": 3.0, "limit": 10, "passed": True}]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -192,7 +192,7 @@ def test_model_that_fails_to_load_is_reported(model_copy):
     with open(model_copy, "wb") as fh:
         fh.write(model.SerializeToString())
     with pytest.raises(SaraiError, match=r"onnxruntime failed on .*agi_audio_core.onnx"):
-        validate(model_copy, input_shapes=SHAPES, runs=1, warmup=0)
+        validate(model_copy, input_shapes=SHAPES, runs=20, warmup=1)
 
 
 def test_latency_samples_are_the_timed_runs_behind_the_metrics(int8_vs_fp32):
@@ -205,9 +205,9 @@ def test_latency_samples_are_the_timed_runs_behind_the_metrics(int8_vs_fp32):
 
 
 def test_without_reference_there_are_no_reference_samples(releases, tmp_path):
-    result = validate(releases["fp16"]["model_path"], input_shapes=SHAPES, warmup=0, runs=3,
+    result = validate(releases["fp16"]["model_path"], input_shapes=SHAPES, warmup=1, runs=20,
                       report=str(tmp_path / "r.json"))
-    assert len(result["latency_samples_ms"]["model"]) == 3 and result["latency_samples_ms"]["reference"] is None
+    assert len(result["latency_samples_ms"]["model"]) == 20 and result["latency_samples_ms"]["reference"] is None
     assert json.loads((tmp_path / "r.json").read_text())["latency_samples_ms"] == result["latency_samples_ms"]
 
 
@@ -227,11 +227,13 @@ def test_progress_file_goes_through_every_phase_in_order(releases, talker, tmp_p
     monkeypatch.setattr(sarai_onnx.progress.files, "write_json_atomic", record)
     monkeypatch.setattr(sarai_onnx.validate, "Progress", functools.partial(Progress, interval_s=0))
     progress = tmp_path / "progress.json"
-    validate(releases["dynamic_int8"]["model_path"], reference=talker, input_shapes=SHAPES, warmup=1, runs=4,
-             progress_file=str(progress))
-    assert [w["phase"] for w in written] == ["load", "warmup", "load", "warmup"] + ["timed"] * 8 + ["compare"]
-    assert [w["runs_done"] for w in written] == [0] * 4 + list(range(1, 9)) + [8]
-    assert all(w["runs_total"] == 8 for w in written)
+    result = validate(releases["dynamic_int8"]["model_path"], reference=talker, input_shapes=SHAPES,
+                      speed_budget_s=2, warmup=1, runs=20, progress_file=str(progress))
+    total = 2 * result["runs"]  # both models, the rounds added while the interval was wide included
+    timed = total // 2  # one update per block of 2 runs
+    assert [w["phase"] for w in written] == ["load", "warmup", "load", "warmup"] + ["timed"] * timed + ["compare"]
+    assert [w["runs_done"] for w in written] == [0] * 4 + list(range(2, total + 1, 2)) + [total]
+    assert all(w["runs_total"] == 40 for w in written)
     assert [w["elapsed_s"] for w in written] == sorted(w["elapsed_s"] for w in written)
     assert json.loads(progress.read_text()) == written[-1] and os.listdir(tmp_path) == ["progress.json"]
 
