@@ -26,6 +26,7 @@ from . import env, files
 from .errors import SaraiError, StreamingUnsupported
 from .coverage import default_floor, low_coverage_message, measure_coverage, planned_weights
 from .hoist import hoist_constant_weights
+from .weights import find_weights
 from .model import external_data_needs, load_full, load_graph, model_files, unique_node_names
 from .progress import Progress
 
@@ -185,6 +186,14 @@ def space_needed(method, engine, source, source_graph, opts, plan=None):
     rewritten = planned_weights(source_graph, method, opts)["quantized_weight_bytes"]
     output = source["size_bytes"] - int(SHRINK[method] * rewritten) + graph_bytes
     return output, source["size_bytes"] if method == "dynamic_int8" else 0
+
+
+def _built_blind(record, source_graph):
+    """Whether a release was built before Constant-node and subgraph weights were quantized (its coverage
+    has no by_location) from a model that holds weights there: reusing it would ship them in FP32."""
+    if record["method"] == "none" or "by_location" in record.get("coverage", {}):
+        return False
+    return any(w.location != "initializers" for w in find_weights(source_graph))
 
 
 def _existing_release(dest, source, method, opts, model_name, extra):
@@ -457,6 +466,9 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
     source = describe_source(src_files, dest)
 
     record, reason = _existing_release(dest, source, method, opts, model_name, extra)
+    if record and _built_blind(record, source_graph):
+        record, reason = None, ("dest was built before weights in Constant nodes and subgraphs were quantized "
+                                "and this model holds some: rebuilding")
     if record:
         if not source["hashed"]:
             reason += " (source unchanged since that build - size, mtime, ctime, inode - so not hashed again)"

@@ -249,3 +249,26 @@ def test_weights_in_float16_are_not_counted_as_converted_by_fp16(tmp_path):
     onnx.save(model, path)
     with pytest.raises(SaraiError, match="fp16 rewrites only 0.0%"):
         quantize(path, str(tmp_path / "fp16"), method="fp16")
+
+
+def test_a_release_built_before_hidden_weights_were_quantized_is_rebuilt(zoo, tmp_path):
+    """Its record has no by_location: the same source and options would otherwise reuse an FP32 release."""
+    src, _ = zoo["if_branches"]
+    dest = tmp_path / "int8"
+    first = quantize(src, str(dest))
+    record_path = dest / "quantization.json"
+    record = json.loads(record_path.read_text())
+    del record["coverage"]["by_location"]
+    record_path.chmod(0o644)
+    record_path.write_text(json.dumps(record))
+    # the manifest lists quantization.json: rewrite it so the release still verifies
+    from sarai_onnx import files
+    listing = files.describe_files(str(dest), [n for n in os.listdir(dest) if n != files.MANIFEST_NAME])
+    (dest / files.MANIFEST_NAME).chmod(0o644)
+    (dest / files.MANIFEST_NAME).write_text(files.manifest_text(listing))
+    planned = quantize(src, str(dest), check_mode=True)
+    assert planned["reason"].startswith("dest was built before weights in Constant nodes and subgraphs")
+    again = quantize(src, str(dest))
+    assert again["changed"] and "by_location" in json.loads(record_path.read_text())["coverage"]
+    assert again["coverage"] == first["coverage"]
+    assert not quantize(src, str(dest))["changed"]  # and reused from then on
