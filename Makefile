@@ -78,10 +78,13 @@ demo: venv
 
 # Every benchmark in one run; each rewrites its own section of benchmarks/RESULTS.md.
 # lab_deploy.py (sections c, d) needs the lab up: make lab (it says so when it is not).
+# silero-vad's wheel is only its ONNX files here: --no-deps keeps its torch requirement out.
 bench: venv
+	$(BIN)/pip install --quiet --no-deps silero-vad==6.2.3
 	$(BIN)/python benchmarks/streaming_engine.py --results benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/quantize_variants.py --results benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/fidelity_search.py --results benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/silero_bench.py --results benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/lab_deploy.py --results benchmarks/RESULTS.md
 
 clean:

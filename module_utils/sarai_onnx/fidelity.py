@@ -35,7 +35,7 @@ from .sensitivity import rank_matmuls
 from .session import make_session
 from .validate import normalize_gates
 from .verdict import (FIDELITY, IGNORE, OUTPUTS, check_output_names, check_state_map, compare, gate_results,
-                      run_sequence, shortfall)
+                      run_sequence, shortfall, window_feeds)
 
 TARGET_KEYS = tuple(FIDELITY) + (IGNORE, OUTPUTS)
 BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5}
@@ -104,7 +104,7 @@ def validation_sequence(model, inputs, state_map):
     if not inputs:
         raise SaraiError("state_map needs `inputs`: an .npz with a leading window axis for the streamed input(s)")
     windows, initial = load_sequence_npz(inputs, signature, state_map)
-    return dict({n: a[0] for n, a in windows.items()}, **initial), (windows, dict(state_map))
+    return dict(window_feeds(windows, 0), **initial), (windows, dict(state_map))
 
 
 def feeds_digest(feeds):

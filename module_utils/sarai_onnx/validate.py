@@ -383,7 +383,7 @@ def _load_feeds(inputs, signature, input_shapes, input_values, seed, state_map):
             raise SaraiError("state_map needs `inputs`: an .npz with a leading window axis for the streamed "
                              "input(s), e.g. audio [windows, 1, 512]")
         windows, initial = load_sequence_npz(inputs, signature, state_map)
-        return dict({n: a[0] for n, a in windows.items()}, **initial), (windows, state_map)
+        return dict(verdict.window_feeds(windows, 0), **initial), (windows, state_map)
     if inputs:
         return load_npz(inputs, signature), None
     return generate_inputs(signature, input_shapes, input_values, seed), None

@@ -247,6 +247,12 @@ def shortfall(results):
 
 # ---------------------------------------------------------------- sequences
 
+def window_feeds(windows, k):
+    """Window k of each streamed input, as arrays (a stream of scalars gives 0-d arrays, which
+    onnxruntime takes; a numpy scalar it refuses)."""
+    return {name: np.asarray(arr[k]) for name, arr in windows.items()}
+
+
 def run_sequence(run, windows, initial_state, state_map, output_names):
     """{output: array [N, ...]}: run(feeds) -> [arrays] on each of the N windows in order; window k's
     state outputs (state_map: {input: output}) are window k+1's state inputs."""
@@ -254,7 +260,7 @@ def run_sequence(run, windows, initial_state, state_map, output_names):
     state = dict(initial_state)
     collected = {name: [] for name in output_names}
     for k in range(count):
-        feeds = dict({name: arr[k] for name, arr in windows.items()}, **state)
+        feeds = dict(window_feeds(windows, k), **state)
         produced = dict(zip(output_names, run(feeds)))
         for name in output_names:
             collected[name].append(produced[name])

@@ -370,3 +370,18 @@ def test_fidelity_search_judges_a_stream_as_validation_does(models, tmp_path):
     assert first["outputs"]["prob"]["size"] == 12 and first["outputs"]["stateN"]["size"] == 12 * 8
     assert r["fidelity"]["request"]["state_map"] == {"state": "stateN"}
     assert r["fidelity"]["request"]["inputs"]["x"]["shape"] == [12, 1, 8]
+
+
+def test_a_stream_of_scalars_reaches_the_model_as_arrays():
+    # silero-vad's `sr` is a scalar input: streamed, its windows are numpy scalars, which onnxruntime refuses.
+    seen = []
+
+    def run(feeds):
+        seen.append({k: type(v) for k, v in feeds.items()})
+        return [feeds["x"] * 2, feeds["s"] + 1]
+
+    windows = {"x": np.ones((3, 2), np.float32), "sr": np.full((3,), 16000, np.int64)}
+    out = verdict.run_sequence(run, windows, {"s": np.zeros(1, np.float32)}, {"s": "s_out"}, ["y", "s_out"])
+    assert all(t is np.ndarray for feeds in seen for t in feeds.values())
+    assert out["s_out"][:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert verdict.window_feeds(windows, 0)["sr"].shape == ()
