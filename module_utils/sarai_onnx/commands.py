@@ -31,6 +31,11 @@ def _quantize(p, check_mode):
     from .model import load_graph
     from .quantize import quantize
 
+    from .files import remove_stale_work_dirs
+
+    # What a killed build left beside dest goes first (the caller holds the build lock), so a
+    # reused release does not keep it and a new build has its room.
+    swept = remove_stale_work_dirs(p["dest"]) if p.get("sweep_leftovers") and not check_mode else []
     method = p.get("method") or "dynamic_int8"
     options = {k: p.get(k) for k in QUANTIZE_OPTIONS}
     build = dict(model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode,
@@ -43,6 +48,7 @@ def _quantize(p, check_mode):
                                     input_shapes=p.get("input_shapes"), input_values=p.get("input_values"), **build)
     else:
         result = quantize(p["src"], p["dest"], method=method, options=options, **build)
+    result["leftovers_removed"] = swept
     coverage = result.get("coverage") or result.get("planned")
     warning = coverage and low_coverage_warning(load_graph(p["src"]), result["method"], result["options"], coverage)
     if warning:
@@ -89,7 +95,8 @@ def _default(p, key, value):
 
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
-    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file")
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file",
+                             "sweep_leftovers")
                  + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",

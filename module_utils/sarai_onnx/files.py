@@ -171,6 +171,28 @@ def staging_dir(dest):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def stale_work_dirs(dest):
+    """The dirs staging_dir and replace_dir make beside `dest` (`.<name>.staging-*`, `.<name>.old-*`)
+    that are still there: a build killed mid-way leaves them (about twice the model). Only `dest`'s own
+    names, never a link; none when the parent does not exist."""
+    parent, name = os.path.split(os.path.abspath(dest))
+    prefixes = (f".{name}.staging-", f".{name}.old-")
+    try:
+        entries = list(os.scandir(parent))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.path for e in entries if e.name.startswith(prefixes) and e.is_dir(follow_symlinks=False))
+
+
+def remove_stale_work_dirs(dest):
+    """Remove stale_work_dirs(dest); only for a caller that holds the build lock (a live build of the
+    same dest would lose its staging dir). Returns the paths removed."""
+    removed = stale_work_dirs(dest)
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
+
+
 def fsync_tree(path):
     """Flush every file and the directory itself, so a crash after the rename finds whole files."""
     for name in os.listdir(path):
