@@ -126,6 +126,14 @@ options:
         C(failed). Counts are null until C(quantize) (always with the C(onnxruntime) engine).
       - Its directory must exist. Not written in check mode.
     type: path
+  sweep_leftovers:
+    description:
+      - Before building, remove the C(.<dest name>.staging-*) and C(.<dest name>.old-*) directories beside
+        O(dest) that a killed build left (about twice the model each); RV(leftovers_removed) lists them.
+      - Only for a caller holding the build lock (roles/model_build under C(sarai_build_lock_file)) - a
+        build of the same O(dest) running at the same time would lose its staging directory. Not in check mode.
+    type: bool
+    default: false
   tmp_dir:
     description:
       - Directory for temporary files. Only the C(onnxruntime) engine for C(dynamic_int8) writes some -
@@ -261,6 +269,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 dest: {description: The release directory., returned: always, type: str}
+leftovers_removed:
+  description: The stale staging and C(.old) directories removed beside O(dest) (O(sweep_leftovers)).
+  returned: always
+  type: list
+  elements: str
 model_path: {description: Path of the model file in O(dest)., returned: success, type: str}
 data_path:
   description: Path of the external data file in O(dest); null when the release has none (every tensor inside the model file).
@@ -394,6 +407,7 @@ def main():
         engine=dict(type="str", choices=["streaming", "onnxruntime"]),
         progress_file=dict(type="path"),
         tmp_dir=dict(type="path"),
+        sweep_leftovers=dict(type="bool", default=False),
         fidelity_target=dict(type="dict", options=dict(cosine_min=dict(type="float"), mse_max=dict(type="float"),
                                                        mae_max=dict(type="float"),
                                                        ignore=dict(type="list", elements="str"),

@@ -15,6 +15,8 @@ description:
   - The rules are the ones the later steps apply (quantization options from the quantizer, gate
     names and ranges from validation), so a value those would refuse after the switch, such as
     C(cosine_min) set to C("high"), is refused here before anything changes.
+  - "No string of the catalog (keys and values, at any depth) and no variant name may hold a control
+    character (newline, tab, NUL, ...): those values are written into files on the servers."
   - It changes nothing, on the controller or anywhere else.
 version_added: "0.2.0"
 author: sarai-deploy

@@ -25,10 +25,14 @@ REFERENCE_VAR = "sarai_reference_variant"
 ROLLBACK_VAR = "sarai_rollback_to"
 BATCHES_VAR = "sarai_rollout_batches"
 
-VARIANT_NAME = re.compile(rf"^{VARIANT_PATTERN}$")
+# \Z, not $: `$` also matches before a trailing newline ("x.onnx\n" would pass).
+VARIANT_NAME = re.compile(rf"^{VARIANT_PATTERN}\Z")
 # A plain file name: it is joined to release dirs on every host and written into sarai.yaml.
-MODEL_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.onnx$")
-PERCENT = re.compile(r"^([0-9]+)%$")
+MODEL_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\.onnx\Z")
+PERCENT = re.compile(r"^([0-9]+)%\Z")
+# Control characters (newline, tab, NUL, DEL ...): in a value written to a file they start new lines
+# or keys (a display_name with a newline adds top-level keys to sarai.yaml through its header comment).
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 # What a rollback reads from a variant (it renders sarai.yaml); a deploy also builds and validates.
 ROLLBACK_KEYS = ("display_name", "file", "max_memory_mb")
 # fidelity_target, search_budget and engine go to onnx_quantize as they are (roles/model_build), which checks them.
@@ -348,6 +352,33 @@ def check_groups(groups, playbook="deploy", inventory_sources=None):
     return problems
 
 
+# ---------------------------------------------------------------- control characters
+
+def check_control_characters(values):
+    """Every string (keys too) in {variable: value}, at any depth, free of control characters: each
+    one found is a problem naming where it is, e.g. sarai_model_variants.int8.display_name."""
+    problems = []
+
+    def walk(var, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and CONTROL_CHARACTER.search(key):
+                    problems.append(problem(f"{var} key", key, "contains a control character (newline, tab, ...)",
+                                            "remove it: keys and values are written into files on the servers"))
+                walk(f"{var}.{key}", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(f"{var}[{index}]", item)
+        elif isinstance(value, str) and CONTROL_CHARACTER.search(value):
+            problems.append(problem(var, value, "contains a control character (newline, tab, ...)",
+                                    "remove it: the value is written into files on the servers (sarai.yaml, "
+                                    "release names, reports)"))
+
+    for var, value in (values or {}).items():
+        walk(var, value)
+    return problems
+
+
 # ---------------------------------------------------------------- all of it
 
 def check_inputs(playbook="deploy", catalog=_UNSET, gates=None, target_variant=None, reference_variant=None,
@@ -366,6 +397,9 @@ def check_inputs(playbook="deploy", catalog=_UNSET, gates=None, target_variant=N
     problems += check_paths(paths)
     problems += check_counts(keep)
     problems += check_groups(groups, playbook, inventory_sources)
+    problems += check_control_characters({CATALOG_VAR: catalog if isinstance(catalog, dict) else None,
+                                          TARGET_VAR: target_variant, REFERENCE_VAR: reference_variant,
+                                          ROLLBACK_VAR: rollback_variant})
     return {"problems": problems, "warnings": warnings, "batches": batch_list}
 
 

@@ -28,8 +28,12 @@ def _info(p, check_mode):
 
 
 def _quantize(p, check_mode):
+    from .files import remove_stale_work_dirs
     from .quantize import quantize
 
+    # What a killed build left beside dest goes first (the caller holds the build lock), so a
+    # reused release does not keep it and a new build has its room.
+    swept = remove_stale_work_dirs(p["dest"]) if p.get("sweep_leftovers") and not check_mode else []
     method = p.get("method") or "dynamic_int8"
     options = {k: p.get(k) for k in QUANTIZE_OPTIONS}
     build = dict(model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode,
@@ -44,6 +48,7 @@ def _quantize(p, check_mode):
                                     state_map=p.get("state_map"), **build)
     else:
         result = quantize(p["src"], p["dest"], method=method, options=options, **build)
+    result["leftovers_removed"] = swept
     if p.get("fidelity_target") and not p.get("inputs"):  # the search judged on generated inputs
         from .validate import GENERATED_INPUTS_WARNING
 
@@ -93,7 +98,7 @@ def _default(p, key, value):
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
     "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file",
-                             "min_quantized_share", "allow_low_coverage")
+                             "min_quantized_share", "allow_low_coverage", "sweep_leftovers")
                  + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",

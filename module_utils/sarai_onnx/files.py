@@ -9,6 +9,7 @@ import shutil
 import tempfile
 
 from .errors import SaraiError
+from .release import plain_name_problem
 
 CHUNK = 1 << 20  # 1 MiB: never read a whole model into memory
 MANIFEST_NAME = "MANIFEST.sha256"
@@ -53,8 +54,12 @@ def manifest_text(files):
     return "".join(f"{f['sha256']}  {f['name']}\n" for f in sorted(files, key=lambda f: f["name"]))
 
 
-def parse_manifest(path):
-    """[(sha256, name)] from a sha256sum-format file; a bad line is an error naming the line."""
+def parse_manifest(path, plain_names=False):
+    """[(sha256, name)] from a sha256sum-format file; a bad line is an error naming the line.
+
+    plain_names: every name must be a file directly beside the manifest (a release dir's manifest),
+    so no listed name can lead a check or a copy out of the directory.
+    """
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -73,6 +78,10 @@ def parse_manifest(path):
             raise SaraiError(f"manifest {path} line {number} is not '<64 lowercase hex>  <file name>': "
                              f"{line[:120]!r}; the manifest is corrupt, copy the release again")
         digest, name = match.groups()
+        wrong = plain_name_problem(name) if plain_names else None
+        if wrong:
+            raise SaraiError(f"manifest {path} line {number} names {name!r} outside its directory (the name "
+                             f"{wrong}): a release dir holds plain file names only, refusing to check it")
         if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             raise SaraiError(f"manifest {path} line {number} names {name!r} outside its directory: "
                              "refusing to check files outside the release")
@@ -160,6 +169,28 @@ def staging_dir(dest):
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def stale_work_dirs(dest):
+    """The dirs staging_dir and replace_dir make beside `dest` (`.<name>.staging-*`, `.<name>.old-*`)
+    that are still there: a build killed mid-way leaves them (about twice the model). Only `dest`'s own
+    names, never a link; none when the parent does not exist."""
+    parent, name = os.path.split(os.path.abspath(dest))
+    prefixes = (f".{name}.staging-", f".{name}.old-")
+    try:
+        entries = list(os.scandir(parent))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.path for e in entries if e.name.startswith(prefixes) and e.is_dir(follow_symlinks=False))
+
+
+def remove_stale_work_dirs(dest):
+    """Remove stale_work_dirs(dest); only for a caller that holds the build lock (a live build of the
+    same dest would lose its staging dir). Returns the paths removed."""
+    removed = stale_work_dirs(dest)
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def fsync_tree(path):

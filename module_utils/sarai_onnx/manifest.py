@@ -92,7 +92,7 @@ def verify_manifest(path, manifest=None, release_id=None, manifest_sha256=None):
         except SaraiError:
             names = [os.path.basename(path)]  # missing/truncated data shows up as a mismatch below
     release_id, manifest_sha256 = release.expected_manifest(release_id, manifest_sha256)
-    entries = files.parse_manifest(manifest_path)
+    entries = files.parse_manifest(manifest_path, plain_names=os.path.isdir(path))
     with open(manifest_path, "rb") as fh:
         manifest_sha = files.sha256_bytes(fh.read())
     result = {"changed": False, "path": path, "manifest_path": manifest_path, "manifest_sha256": manifest_sha,
@@ -115,7 +115,7 @@ def release_dir_problems(path):
     path = os.path.abspath(path)
     try:
         base, manifest_path, names = _targets(path, None)
-        entries = files.parse_manifest(manifest_path)
+        entries = files.parse_manifest(manifest_path, plain_names=True)
         with open(manifest_path, "rb") as fh:
             manifest_sha = files.sha256_bytes(fh.read())
     except (SaraiError, OSError) as exc:

@@ -13,10 +13,29 @@ from .errors import SaraiError
 # No '-' in a variant name: the id splits unambiguously at its last '-'.
 VARIANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_]*"
 _TOKEN = r"[A-Za-z0-9_.:@+-]+"  # the run's id in a partial copy's name, e.g. 20261123T101500Z
-RELEASE_ID = re.compile(rf"^(?P<variant>{VARIANT_PATTERN})-(?P<sha12>[0-9a-f]{{12}})$")
-PARTIAL_TOKEN = re.compile(rf"^{_TOKEN}$")
-PARTIAL_DIR = re.compile(rf"^\.(?P<id>{VARIANT_PATTERN}-[0-9a-f]{{12}})\.partial-(?P<token>{_TOKEN})$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: `$` also matches before a trailing newline, and these names become paths.
+RELEASE_ID = re.compile(rf"^(?P<variant>{VARIANT_PATTERN})-(?P<sha12>[0-9a-f]{{12}})\Z")
+PARTIAL_TOKEN = re.compile(rf"^{_TOKEN}\Z")
+PARTIAL_DIR = re.compile(rf"^\.(?P<id>{VARIANT_PATTERN}-[0-9a-f]{{12}})\.partial-(?P<token>{_TOKEN})\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def plain_name_problem(name):
+    """Why `name` cannot be a file directly inside a release dir, or None when it can.
+
+    A release's files are joined to a directory on the build host, the controller and every server:
+    a name with a separator, a dot-dot or a control character would land elsewhere (or in a log line).
+    """
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty file name (a string)"
+    if "/" in name or "\\" in name:
+        return "must be a plain file name, without / or \\"
+    if name in (".", "..") or name.startswith(".."):
+        return "must not be or start with '..'"
+    if _CONTROL.search(name):
+        return "must not contain control characters (newline, tab, NUL...)"
+    return None
 
 
 def parse_release_id(value):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 
 COLORS = {
     "reference": "#64748b",
@@ -510,8 +511,79 @@ def fleet_svg(hosts, model_label="new release", reference_label="FP32 reference"
     return _grouped_bars("P50 latency per host (ms)", [str(h.get("host", "?")) for h in rows], series, "ms", notes)
 
 
+# ------------------------------------------------------------------ the server's report, checked
+
+# What the controller reads from onnx_validate's JSON (tasks/report.yml, the templates, these
+# filters), by type. The server is not trusted: a report of another shape is refused before
+# anything of it is written on the controller. Keys not listed here are not read.
+_REPORT_FIELDS = {
+    "created_utc": (str,), "host": (str,), "user": (str,), "model": (str,), "reference": (str, type(None)),
+    "input_source": (str,), "msg": (str,), "passed": (bool,), "runs": (int,), "warmup": (int,), "seed": (int,),
+    "metrics": (dict,), "reference_metrics": (dict, type(None)), "gates": (dict,), "gate_results": (list,),
+    "failed_gates": (list,), "inputs": (dict,), "session_options": (dict,), "versions": (dict,),
+    "latency_samples_ms": (dict,),
+}
+_OPTIONAL = {"user", "versions", "session_options", "latency_samples_ms", "input_source", "inputs", "gate_results"}
+_NUMBER_METRICS = {metric for _, metric, _ in COMPARED} | {g[0] for g in GATES.values()} | {"max_abs", "size_ratio",
+                                                                                             "baseline_rss_mb"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _type_name(kinds):
+    names = {str: "a string", bool: "true or false", int: "a whole number", dict: "a mapping", list: "a list",
+             type(None): "null"}
+    return " or ".join(names[k] for k in kinds)
+
+
+def _is(value, kinds):
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def report_problems(result):
+    """Problems with the report JSON a server wrote ([] when the controller may use it): each names
+    the field, its value and the type expected."""
+    if not isinstance(result, dict):
+        return [f"the report is {type(result).__name__}, not a JSON object"]
+    problems = []
+
+    def bad(field, value, expected):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        problems.append(f"{field} = {shown}: must be {expected}")
+
+    for field, kinds in _REPORT_FIELDS.items():
+        if field not in result:
+            if field not in _OPTIONAL:
+                problems.append(f"{field} is missing")
+            continue
+        value = result[field]
+        if not _is(value, kinds):
+            bad(field, value, _type_name(kinds))
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            bad(field, value, "a whole number >= 0")
+        elif isinstance(value, str) and _CONTROL.search(value):
+            bad(field, value, "a string without control characters")
+    for field in ("metrics", "reference_metrics"):
+        for key, value in (result.get(field) if isinstance(result.get(field), dict) else {}).items():
+            if key in _NUMBER_METRICS and value is not None and not _is_num(value):
+                bad(f"{field}.{key}", value, "a number or null")
+    for field in ("gate_results", "failed_gates"):
+        for index, item in enumerate(result.get(field) if isinstance(result.get(field), list) else []):
+            if not isinstance(item, dict) or not isinstance(item.get("gate"), str):
+                bad(f"{field}[{index}]", item, "a mapping with a gate name (a string)")
+            elif field == "gate_results" and not isinstance(item.get("passed"), bool):
+                bad(f"{field}[{index}].passed", item.get("passed"), "true or false")
+    samples = result.get("latency_samples_ms") if isinstance(result.get("latency_samples_ms"), dict) else {}
+    for key, values in samples.items():
+        if values is not None and not (isinstance(values, list) and all(_is_num(v) for v in values)):
+            bad(f"latency_samples_ms.{key}", values, "a list of numbers or null")
+    return problems
+
+
 class FilterModule:
-    """sarai_report_rows, sarai_gate_rows, sarai_search_rows, sarai_fmt and the sarai_svg_* charts."""
+    """sarai_report_rows, sarai_gate_rows, sarai_search_rows, sarai_fmt, the sarai_svg_* charts and
+    sarai_report_problems."""
 
     def filters(self):
         return {
@@ -526,4 +598,5 @@ class FilterModule:
             "sarai_svg_resources": resources_svg,
             "sarai_svg_search": search_svg,
             "sarai_svg_fleet": fleet_svg,
+            "sarai_report_problems": report_problems,
         }

@@ -274,12 +274,14 @@ def written(validated, tmp_path_factory):
                 "msg": "not reached: the rollout stopped after agi3"}}}},
         }}}
     (base / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+    started = env.utc_now()
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
                            "-i", str(base / "inventory.yml"), str(PLAYBOOK)],
                           env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    return dict(validated, reports=base / "reports")
+    return dict(validated, reports=base / "reports", written_between=(_stamp({"created_utc": started}),
+                                                                      _stamp({"created_utc": env.utc_now()})))
 
 
 def _dir(written, host, release):
@@ -290,8 +292,9 @@ def _dir(written, host, release):
 def test_each_run_keeps_its_own_reports_and_latest_points_at_the_newest(written):
     first, second = written["runs"]["agi1"]
     directory = _dir(written, "agi1", "int8")
-    stamps = [_stamp(first), _stamp(second)]
-    assert stamps[0] < stamps[1]
+    # Named by the controller's clock while it kept them (issue 16, finding 4), not the server's created_utc.
+    stamps = sorted({name.split(".")[0] for name in os.listdir(directory) if not name.startswith("latest.")})
+    assert len(stamps) == 2 and all(written["written_between"][0] <= s <= written["written_between"][1] for s in stamps)
     assert sorted(os.listdir(directory)) == sorted(
         [f"{s}.{ext}" for s in stamps for ext in ("json", "md", "html")] + ["latest.json", "latest.md", "latest.html"])
     for ext in ("json", "md", "html"):
@@ -322,8 +325,8 @@ def test_rollout_summary_links_each_host_report(written):
     page = (directory / "latest.html").read_text()
     assert 'class="verdict fail"' in page and "1 of 2 host(s) on the new release, 1 not reached." in page
     links = re.findall(r'<a href="([^"]+)"', page)
-    assert [(directory / link).resolve() for link in links] == [
-        _dir(written, "agi1", "int8") / f"{_stamp(written['runs']['agi1'][1])}.html"]
+    # The newest run's own page (named by the controller's clock), which latest.html points at.
+    assert [(directory / link).resolve() for link in links] == [(_dir(written, "agi1", "int8") / "latest.html").resolve()]
     assert "not reached: the rollout stopped after agi3" in page and page.count("<svg") == 1
     md = (directory / "latest.md").read_text()
     assert "**Verdict: FAILED** — 1 of 2 host(s) on the new release" in md

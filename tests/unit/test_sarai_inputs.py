@@ -241,3 +241,32 @@ def test_bad_per_output_gate_of_a_variant_names_the_variant(shipped):
     shipped["catalog"]["int8"]["gates"] = {"outputs": {"speech": {"cosine_min": 3}}}
     problems = inputs.check_inputs(**shipped)["problems"]
     assert len(problems) == 1 and "sarai_model_variants.int8.gates.outputs.speech.cosine_min=3 is out of range" in problems[0]
+
+
+# ---------------------------------------------------------------- control characters (issue 16, finding 10)
+
+@pytest.mark.parametrize("where, value", [
+    (("int8", "display_name"), "Qwen3-Omni-3B-INT8\nmodel_path: /tmp/evil.onnx"),  # a key injected into sarai.yaml
+    (("int8", "file"), "agi_audio_core_int8.onnx\n"),                               # `$` matched before the newline
+    (("int8", "quantization", "weight_type"), "QInt8\t"),
+])
+def test_control_characters_in_the_catalog_are_refused_naming_the_variable(shipped, where, value):
+    catalog = copy.deepcopy(shipped["catalog"])
+    node = catalog
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    result = inputs.check_inputs(**dict(shipped, catalog=catalog))
+    var = "sarai_model_variants." + ".".join(where)
+    expected = f"{var} = {inputs.show(value)}: contains a control character"
+    assert any(p.startswith(expected) for p in result["problems"]), result["problems"]
+
+
+def test_model_file_and_variant_names_do_not_accept_a_trailing_newline():
+    assert inputs.MODEL_FILE.match("agi_audio_core_int8.onnx") and not inputs.MODEL_FILE.match("agi_audio_core_int8.onnx\n")
+    assert not inputs.VARIANT_NAME.match("int8\n") and not inputs.PERCENT.match("50%\n")
+
+
+def test_a_variant_name_with_a_newline_is_refused(shipped):
+    result = inputs.check_inputs(**dict(shipped, target_variant="int8\n"))
+    assert any(p.startswith('sarai_target_variant = "int8\\n": contains a control character') for p in result["problems"])
