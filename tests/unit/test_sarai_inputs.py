@@ -193,3 +193,34 @@ def test_module_passes_and_warns(shipped, capsys):
     code, result = run_module("sarai_check_inputs", dict(shipped, batches="25%"), capsys)
     assert code == 0 and not result["changed"] and result["batches"] == ["25%"]
     assert "int8 has key(s) notes that nothing reads" in str(result["warnings"])
+
+
+BAKE_SHIPPED = ("sarai_bake_minutes", "sarai_bake_minutes_canary", "sarai_bake_interval_s", "sarai_bake_tolerance_pct")
+
+
+def test_the_shipped_bake_values_pass(shipped):
+    values = yaml.safe_load(CATALOG_FILE.read_text())
+    bake = {var: {"agi1": values[var]} for var in BAKE_SHIPPED}
+    assert problems(bake=bake, **shipped) == []
+    assert problems(bake={"sarai_bake_minutes": "0", "sarai_bake_interval_s": "2.5"}, **shipped) == []
+
+
+@pytest.mark.parametrize("var, value, words", [
+    ("sarai_bake_minutes", -1, "must be a number >= 0"),
+    ("sarai_bake_minutes", "ten", "must be a number >= 0"),
+    ("sarai_bake_minutes_canary", [10], "must be a number >= 0"),
+    ("sarai_bake_interval_s", 0, "must be a number > 0"),
+    ("sarai_bake_interval_s", "-5", "must be a number > 0"),
+    ("sarai_bake_tolerance_pct", True, "must be a number >= 0"),
+])
+def test_bad_bake_numbers_are_refused_naming_the_variable_and_host(shipped, var, value, words):
+    (found,) = problems(bake={var: {"agi1": value}}, **shipped)
+    assert found.startswith(f"{var} (host agi1) = ") and words in found and f"set e.g. {var}: " in found
+
+
+def test_a_bad_bake_budget_in_the_catalog_is_refused_and_null_is_no_gate(shipped):
+    shipped["catalog"]["int8"]["bake_rss_max_mb"] = "1300"
+    (found,) = problems(**shipped)
+    assert found.startswith('sarai_model_variants.int8.bake_rss_max_mb = "1300": must be a positive number of MiB')
+    shipped["catalog"]["int8"]["bake_rss_max_mb"] = None
+    assert inputs.check_inputs(**shipped) == {"problems": [], "warnings": [], "batches": None}
