@@ -28,8 +28,14 @@ description:
     and the search, so a second run with the same source, options, target and inputs reuses it without
     searching. When the budget is spent without meeting the target the task fails naming the best
     trial, and O(dest) is left as it was.
-  - Warns (an Ansible warning) when the method quantizes less than half of the weight bytes, with the
-    share, where the bytes are and what to try.
+  - Counts weights (float tensors of rank >= 2) wherever the model holds them - initializers, C(Constant)
+    nodes and subgraphs (C(If)/C(Loop)/C(Scan) bodies). Every method but C(none) first turns C(Constant)-node
+    weights into initializers (same outputs) and quantizes subgraphs too (onnxruntime's C(EnableSubgraph)),
+    so exported models whose weights are Constant nodes are quantized.
+  - Fails, leaving O(dest) as it was, when the method rewrites less than O(min_quantized_share) of the
+    weight bytes, naming the share, where the weights are (per op type; initializers, Constant nodes,
+    subgraphs) and what to try; with O(allow_low_coverage=true) it builds and warns instead (an Ansible
+    warning, also in C(quantization.json) C(warnings)).
   - Needs onnx, onnxruntime, onnx-ir and numpy on the target's Python.
 version_added: "0.1.0"
 author: sarai-deploy
@@ -149,8 +155,21 @@ options:
         description: Wall time of the search; a trial that would likely end past it is not started. Default 3600.
         type: float
       min_quantized_share:
-        description: Share of the weight bytes that must stay quantized; the search keeps no more nodes in FP32. Default 0.5.
+        description:
+          - Share of the weight bytes that must stay quantized, in every trial (the first included) - a trial
+            below it does not pass, and the search keeps no more nodes in FP32. Default 0.5.
         type: float
+  min_quantized_share:
+    description:
+      - Lowest share of the weight bytes the release must rewrite (C(fp16) - convert), between 0 and 1.
+      - Default 0.5 for C(dynamic_int8), C(fp16) and C(matmul_nbits), 0 for C(none).
+      - With O(fidelity_target) it applies to the release built; the search's own floor is
+        O(search_budget.min_quantized_share), applied to every trial.
+    type: float
+  allow_low_coverage:
+    description: Build a release below O(min_quantized_share) anyway, with a warning instead of a failure.
+    type: bool
+    default: false
   inputs:
     description:
       - Validation inputs of the O(fidelity_target) search - an C(.npz) file with one array per model input.
@@ -229,7 +248,10 @@ EXAMPLES = r"""
 RETURN = r"""
 dest: {description: The release directory., returned: always, type: str}
 model_path: {description: Path of the model file in O(dest)., returned: success, type: str}
-data_path: {description: Path of the external data file in O(dest)., returned: success, type: str}
+data_path:
+  description: Path of the external data file in O(dest); null when the release has none (every tensor inside the model file).
+  returned: success
+  type: str
 model_name: {description: File name of the model., returned: success, type: str}
 method: {description: The method used., returned: always, type: str}
 options: {description: The full option set with defaults (what idempotence compares)., returned: always, type: dict}
@@ -244,17 +266,26 @@ source_sha256: {description: sha256 over the sha256sum listing of the source fil
 output_sha256: {description: The same over the output model files., returned: success, type: str}
 ratio: {description: size_bytes / source_size_bytes., returned: success, type: float, sample: 0.2555}
 coverage:
-  description: What was actually quantized, read from the output graph.
+  description:
+    - What was actually rewritten (quantized, or converted by C(fp16)), read from the output graph. Weights
+      are the source's float tensors of rank >= 2 in initializers, Constant nodes and subgraphs.
   returned: success
   type: dict
   contains:
-    weight_tensors: {description: Float source initializers of rank >= 2., type: int}
-    quantized_tensors: {description: How many of them the output no longer holds in float32., type: int}
-    weight_bytes: {description: Their bytes in the source., type: int}
-    quantized_weight_bytes: {description: Source bytes of the quantized ones., type: int}
+    weight_tensors: {description: Weights in the source., type: int}
+    quantized_tensors: {description: How many of them the output no longer holds in their source dtype., type: int}
+    weight_bytes: {description: Their bytes in the source (before)., type: int}
+    quantized_weight_bytes: {description: Source bytes of the rewritten ones., type: int}
+    weight_bytes_after: {description: Bytes the output holds for all the weights (scales and zero points included)., type: int}
     byte_share: {description: quantized_weight_bytes / weight_bytes., type: float}
     tensor_share: {description: quantized_tensors / weight_tensors., type: float}
-    not_quantized: {description: Up to 20 weight names left in float., type: list}
+    not_quantized: {description: Up to 20 weight names left in their source dtype., type: list}
+    by_op:
+      description: The same counts (weight_tensors ... weight_bytes_after) per op type the weights feed (MatMul, Conv, LSTM, ...), largest first.
+      type: dict
+    by_location:
+      description: The same counts per place the weights are held - C(initializers), C(constant_nodes), C(subgraph_initializers), C(subgraph_constant_nodes).
+      type: dict
 quantize_duration_s: {description: Seconds the quantizer took when the release was built (from quantization.json)., returned: success, type: float}
 engine:
   description:
@@ -284,7 +315,7 @@ manifest_sha256: {description: sha256 of the MANIFEST.sha256 bytes (the release 
 release_sha12: {description: First 12 hex digits of manifest_sha256., returned: success, type: str}
 record_path: {description: Path of quantization.json., returned: success, type: str}
 planned:
-  description: In check mode when a build is due, the weights the method would rewrite (same keys as coverage).
+  description: In check mode when a build is due, the weights the method would rewrite (the keys of coverage but weight_bytes_after and not_quantized).
   returned: check mode
   type: dict
 msg: {description: Why the task changed or did not (with O(fidelity_target) - the trial chosen and the pin line)., returned: always, type: str}
@@ -353,6 +384,8 @@ def main():
                                                        mae_max=dict(type="float"))),
         search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
                                                      min_quantized_share=dict(type="float"))),
+        min_quantized_share=dict(type="float"),
+        allow_low_coverage=dict(type="bool", default=False),
     ), "quantize")
 
 

@@ -32,6 +32,7 @@ PERCENT = re.compile(r"^([0-9]+)%$")
 ROLLBACK_KEYS = ("display_name", "file", "max_memory_mb")
 # fidelity_target, search_budget and engine go to onnx_quantize as they are (roles/model_build), which checks them.
 VARIANT_KEYS = ROLLBACK_KEYS + ("quantization", "gates", "fidelity_target", "search_budget", "engine")
+VARIANT_KEYS += ("min_quantized_share", "allow_low_coverage")  # the coverage floor (check_coverage_floor)
 GATE_EXAMPLES = {"cosine_min": 0.98, "mse_max": 0.01, "mae_max": 0.05, "speedup_min": 2.0,
                  "p50_max_ms": 300, "p99_max_ms": 500, "rss_max_mb": 1500,
                  SHAPES_GATE: {"logits": [1, 16, 1024]}}
@@ -117,6 +118,7 @@ def _check_variant(var, spec, playbook):
     if playbook == "deploy":
         problems += check_quantization(spec.get("quantization", _UNSET), f"{var}.quantization")
         problems += check_gates(spec.get("gates"), f"{var}.gates")
+        problems += check_coverage_floor(spec, var)
     return problems
 
 
@@ -158,6 +160,22 @@ def check_quantization(quantization, var):
             normalize_options(method, options)
         except SaraiError as exc:
             problems.append(problem(var, quantization, str(exc), "fix the option"))
+    return problems
+
+
+def check_coverage_floor(spec, var):
+    """min_quantized_share a number in [0, 1] and allow_low_coverage a bool, as onnx_quantize takes them."""
+    problems = []
+    share = spec.get("min_quantized_share")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1):
+        problems.append(problem(f"{var}.min_quantized_share", share, "must be a number between 0 and 1 (the share "
+                                "of weight bytes the build must rewrite)", "e.g. min_quantized_share: 0.5, or "
+                                "remove it for the default (0.5 for dynamic_int8, fp16 and matmul_nbits)"))
+    allow = spec.get("allow_low_coverage")
+    if allow is not None and not isinstance(allow, bool):
+        problems.append(problem(f"{var}.allow_low_coverage", allow, "must be true or false (without quotes)",
+                                "e.g. allow_low_coverage: true to ship a release below min_quantized_share with a "
+                                "warning"))
     return problems
 
 

@@ -27,14 +27,13 @@ def _info(p, check_mode):
 
 
 def _quantize(p, check_mode):
-    from .coverage import low_coverage_warning
-    from .model import load_graph
     from .quantize import quantize
 
     method = p.get("method") or "dynamic_int8"
     options = {k: p.get(k) for k in QUANTIZE_OPTIONS}
     build = dict(model_name=p.get("model_name"), tmp_dir=p.get("tmp_dir"), check_mode=check_mode,
-                 engine=p.get("engine"), progress_file=p.get("progress_file"))
+                 engine=p.get("engine"), progress_file=p.get("progress_file"),
+                 min_quantized_share=p.get("min_quantized_share"), allow_low_coverage=bool(p.get("allow_low_coverage")))
     if p.get("fidelity_target"):
         from .fidelity import quantize_to_target
 
@@ -43,10 +42,6 @@ def _quantize(p, check_mode):
                                     input_shapes=p.get("input_shapes"), input_values=p.get("input_values"), **build)
     else:
         result = quantize(p["src"], p["dest"], method=method, options=options, **build)
-    coverage = result.get("coverage") or result.get("planned")
-    warning = coverage and low_coverage_warning(load_graph(p["src"]), result["method"], result["options"], coverage)
-    if warning:
-        result["warnings"] = [warning]
     return result
 
 
@@ -89,7 +84,8 @@ def _default(p, key, value):
 
 COMMANDS = {
     "info": (_info, ("path", "method", "options", "checksum")),
-    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file")
+    "quantize": (_quantize, ("src", "dest", "method", "model_name", "tmp_dir", "engine", "progress_file",
+                             "min_quantized_share", "allow_low_coverage")
                  + QUANTIZE_OPTIONS + SEARCH_PARAMS),
     "manifest": (_manifest, ("path", "state", "manifest", "release_id", "manifest_sha256")),
     "validate": (_validate, ("model", "reference", "session_options", "inputs", "input_shapes", "input_values",

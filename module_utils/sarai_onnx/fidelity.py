@@ -173,17 +173,21 @@ class _Search:
         t0 = time.perf_counter()
         dest = os.path.join(self.scratch, f"trial-{len(self.trials) + 1}")
         try:
+            # The search judges the share itself (below); the trial build must not refuse it first.
             built = quantize(self.src, dest, self.method, model_name=self.model_name, options=opts,
-                             **self.build_kwargs)
+                             **dict(self.build_kwargs, allow_low_coverage=True))
             metrics = compare(self.reference, run_outputs(built["model_path"], self.feeds))
         finally:
             shutil.rmtree(dest, ignore_errors=True)
-        passed = all(g["passed"] for g in evaluate_gates(metrics, self.target))
+        share = built["coverage"]["byte_share"]
+        # The floor holds for every trial, the first included: quantizing nothing always meets a target.
+        passed = all(g["passed"] for g in evaluate_gates(metrics, self.target)) \
+            and share >= self.budget["min_quantized_share"]
         trial = {"trial": len(self.trials) + 1, "change": change,
                  "weight_type": opts["weight_type"], "per_channel": opts["per_channel"],
                  "reduce_range": opts["reduce_range"], "excluded_count": excluded_count,
                  "cosine": metrics["cosine"], "mse": metrics["mse"], "mae": metrics["mae"],
-                 "max_abs": metrics["max_abs"], "quantized_share": built["coverage"]["byte_share"],
+                 "max_abs": metrics["max_abs"], "quantized_share": share,
                  "passed": passed, "seconds": round(time.perf_counter() - t0, 3)}
         self.trials.append(trial)
         self.options.append(opts)
@@ -260,8 +264,14 @@ def _exclusions(search, source_graph, base, ranking):
 
 def _search(search, source_graph, opts):
     """(chosen options, ranking): the first options meeting the target, in the order of the module doc."""
-    if search.trial("requested options", opts)["passed"]:
+    first = search.trial("requested options", opts)
+    if first["passed"]:
         return opts, []
+    floor = search.budget["min_quantized_share"]
+    if first["quantized_share"] < floor:  # the other trials rewrite the same weights or fewer
+        raise _BudgetSpent(f"min_quantized_share {floor:g}: the requested options quantize only "
+                           f"{first['quantized_share']:.1%} of the weight bytes, and every other trial "
+                           "quantizes the same weights or fewer")
     chosen = _cheap_changes(search, opts)
     if chosen:
         return chosen, []
@@ -312,6 +322,8 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
                                                 for k, v in feeds.items()},
                                      "inputs_sha256": feeds_digest(feeds)}))
     build_kwargs = dict(build_kwargs, tmp_dir=tmp_dir)
+    if build_kwargs.get("min_quantized_share") is None:  # the release is held to the floor its search was
+        build_kwargs["min_quantized_share"] = budget["min_quantized_share"]
     source_sha256 = describe_source(model_files(src, source_graph), dest)["sha256"]
     record = _recorded(dest, request, source_sha256)
     if record:  # built for this request before: reuse it, or rebuild those options if it was damaged

@@ -97,11 +97,6 @@ def load_full(path):
                          "copy the files (not symlink or hard-link them) and retry") from None
 
 
-def weight_tensors(model):
-    """Float initializers with rank >= 2: the matrices quantizers target (biases and norms excluded)."""
-    return [t for t in model.graph.initializer if t.data_type in FLOAT_TYPES and len(t.dims) >= 2]
-
-
 _PACKED_4BIT = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, n)}
 
 

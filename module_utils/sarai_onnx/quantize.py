@@ -24,7 +24,8 @@ import onnx
 
 from . import env, files
 from .errors import SaraiError, StreamingUnsupported
-from .coverage import measure_coverage, planned_weights
+from .coverage import default_floor, low_coverage_message, measure_coverage, planned_weights
+from .hoist import hoist_constant_weights
 from .model import external_data_needs, load_full, load_graph, model_files, unique_node_names
 from .progress import Progress
 
@@ -255,7 +256,8 @@ def _build_dynamic_int8(src, out_path, opts):
             quantize_dynamic(src, out_path, op_types_to_quantize=opts["op_types_to_quantize"] or None,
                              per_channel=opts["per_channel"], reduce_range=opts["reduce_range"],
                              weight_type=QuantType[opts["weight_type"]],
-                             nodes_to_exclude=opts["nodes_to_exclude"] or None, use_external_data_format=True)
+                             nodes_to_exclude=opts["nodes_to_exclude"] or None, use_external_data_format=True,
+                             extra_options={"EnableSubgraph": True})  # weights in If/Loop/Scan bodies too
     except onnx.checker.ValidationError as exc:
         raise SaraiError(f"onnx refused the external data of {src}: {exc}; copy the files instead of linking")
     return "onnxruntime.quantization.quantize_dynamic"
@@ -274,6 +276,7 @@ def _load_model_with_shape_infer(model_path):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     add_infer_metadata(model)
+    hoist_constant_weights(model)  # at the step stream_int8.plan does it
     return model
 
 
@@ -290,6 +293,7 @@ def _build_fp16(src, out_path, opts):
         onnx.external_data_helper.load_external_data_for_model(model, os.path.dirname(src))
     except onnx.checker.ValidationError as exc:
         raise SaraiError(f"onnx refused the external data of {src}: {exc}; copy the files instead of linking")
+    hoist_constant_weights(model)  # at the step stream_fp16.plan does it
     model = convert_float_to_float16(model, **converter_args(opts))
     unique_node_names(model.graph)
     _save(model, out_path)
@@ -299,7 +303,9 @@ def _build_fp16(src, out_path, opts):
 def _build_matmul_nbits(src, out_path, opts):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(load_full(src), bits=opts["bits"], block_size=opts["block_size"],
+    model = load_full(src)
+    hoist_constant_weights(model)
+    quantizer = MatMulNBitsQuantizer(model, bits=opts["bits"], block_size=opts["block_size"],
                                      is_symmetric=opts["symmetric"], accuracy_level=opts["accuracy_level"],
                                      nodes_to_exclude=opts["nodes_to_exclude"],
                                      op_types_to_quantize=tuple(opts["op_types_to_quantize"]) or None)
@@ -384,7 +390,8 @@ def load_check(path):
 # ---------------------------------------------------------------- the entry point
 
 def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tmp_dir=None,
-             check_mode=False, extra_record=None, engine=None, progress_file=None):
+             check_mode=False, extra_record=None, engine=None, progress_file=None, min_quantized_share=None,
+             allow_low_coverage=False):
     """Quantize `src` into the release directory `dest`. Returns the result dict (see RETURN docs).
 
     extra_record: more top-level keys for quantization.json (JSON values, e.g. the fidelity search);
@@ -392,15 +399,19 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
     engine: None (the method's default: streaming for dynamic_int8, fp16 and matmul_nbits, falling back to
     onnxruntime for a model it does not cover), "streaming" (or fail) or "onnxruntime".
     progress_file: keep a JSON progress document there (sarai_onnx.progress).
+    min_quantized_share: the floor on the share of weight bytes rewritten (None: coverage.default_floor);
+    below it the build fails and dest stays as it was, unless allow_low_coverage, then the result and
+    quantization.json carry a warning.
     """
     started = time.perf_counter()
     extra = json.loads(json.dumps(extra_record or {}))  # as it will read back from the file
     method, opts = normalize_options(method, options)
     check_engine(method, engine)
+    floor = check_floor(min_quantized_share, method)
     progress = Progress(None if check_mode else progress_file)
     try:
         result = _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, engine, progress,
-                           started)
+                           started, (floor, bool(allow_low_coverage)))
     except SaraiError as exc:
         progress.finish(msg=str(exc))
         raise
@@ -412,7 +423,29 @@ def quantize(src, dest, method="dynamic_int8", model_name=None, options=None, tm
     return result
 
 
-def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, engine, progress, started):
+def check_floor(value, method):
+    """min_quantized_share as a float in [0, 1] (None: the method's default), or SaraiError."""
+    if value is None:
+        return default_floor(method)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise SaraiError(f"min_quantized_share {value!r} must be a number between 0 and 1 (the share of weight "
+                         f"bytes the release must rewrite; default {default_floor(method):g} for {method})")
+    return float(value)
+
+
+def _coverage_verdict(method, opts, coverage, coverage_floor, what):
+    """[] or [warning] for a coverage that clears the floor or is allowed below it; SaraiError otherwise."""
+    floor, allowed = coverage_floor
+    message = low_coverage_message(method, opts, coverage, floor)
+    if message is None:
+        return []
+    if not allowed:
+        raise SaraiError(f"{message} {what}")
+    return [message + " (allowed: allow_low_coverage is true)"]
+
+
+def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, engine, progress, started,
+              coverage_floor):
     src, dest = os.path.abspath(src), os.path.abspath(dest)
     source_graph = load_graph(src)
     src_files = model_files(src, source_graph)
@@ -427,14 +460,20 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
     if record:
         if not source["hashed"]:
             reason += " (source unchanged since that build - size, mtime, ctime, inode - so not hashed again)"
-        return _result(False, dest, record, reason, time.perf_counter() - started)
+        result = _result(False, dest, record, reason, time.perf_counter() - started)
+        result["warnings"] = _coverage_verdict(method, opts, record["coverage"], coverage_floor,
+                                               f"The release already in {dest} was left as it is.")
+        return result
     progress.phase("plan")
     engine, plan, fallback = choose_engine(src, source_graph, method, opts, engine)
     output_bytes, temp_bytes = space_needed(method, engine, source, source_graph, opts, plan)
     if check_mode:
-        return {"changed": True, "dest": dest, "method": method, "options": opts, "reason": reason,
+        planned = planned_weights(source_graph, method, opts)
+        message = low_coverage_message(method, opts, planned, coverage_floor[0])
+        warnings = [f"{message} (planned; {'allowed: allow_low_coverage is true' if coverage_floor[1] else 'the build would fail'})"] if message else []
+        return {"changed": True, "warnings": warnings, "dest": dest, "method": method, "options": opts, "reason": reason,
                 "msg": f"would build {method} release of {src} in {dest} with the {engine} engine ({reason})",
-                "source": source, "planned": planned_weights(source_graph, method, opts),
+                "source": source, "planned": planned,
                 "would_replace": os.path.exists(dest), "engine": engine, "engine_fallback_reason": fallback,
                 "space_needed_bytes": output_bytes + temp_bytes}
 
@@ -494,10 +533,13 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
             "output": output,
             "ratio": round(output["size_bytes"] / source["size_bytes"], 4),
             "coverage": measure_coverage(source_graph, output_graph),
+            "min_quantized_share": coverage_floor[0], "allow_low_coverage": coverage_floor[1],
             "duration_s": round(quantize_s, 3),
             "peak_rss_mb": round(env.peak_rss_mb(children=True), 1),
             **env.provenance(),
         }
+        record["warnings"] = _coverage_verdict(method, opts, record["coverage"], coverage_floor,
+                                               f"Nothing was written: {dest} is as it was.")
         if extra:
             record.update(extra, extra_keys=sorted(extra))
         files.write_json_atomic(os.path.join(out_dir, RECORD_NAME), record)
@@ -509,6 +551,7 @@ def _quantize(src, dest, method, model_name, opts, extra, tmp_dir, check_mode, e
         files.replace_dir(out_dir, dest)
     result = _result(True, dest, record, f"built {method} release with the {engine} engine",
                      time.perf_counter() - started)
+    result["warnings"] = list(record["warnings"])
     result["diff"] = {"before_header": os.path.join(dest, files.MANIFEST_NAME), "before": old_manifest or "",
                       "after_header": os.path.join(dest, files.MANIFEST_NAME), "after": manifest}
     return result
@@ -529,7 +572,9 @@ def _result(changed, dest, record, reason, elapsed):
     return {
         "changed": changed, "dest": dest, "msg": reason,
         "model_path": os.path.join(dest, model_name),
-        "data_path": os.path.join(dest, model_name + ".data"),
+        # None when the model holds no initializer to store outside the graph (all weights in the .onnx).
+        "data_path": os.path.join(dest, model_name + ".data")
+        if any(f["name"] == model_name + ".data" for f in record["output"]["files"]) else None,
         "model_name": model_name, "method": record["method"], "options": record["options"],
         "files": record["output"]["files"], "size_bytes": record["output"]["size_bytes"],
         "source_size_bytes": record["source"]["size_bytes"], "source_sha256": record["source"]["sha256"],

@@ -16,6 +16,7 @@ from unittest import mock
 import onnx
 from onnx import TensorProto, helper
 
+from .hoist import hoist_constant_weights
 from .model import unique_node_names
 from .tensor_io import DataFileWriter, SourceTensor, is_external, load_attribute_tensors
 
@@ -83,6 +84,7 @@ def plan(src, source_graph, opts):
 
     base_dir = os.path.dirname(os.path.abspath(src))
     model = onnx.shape_inference.infer_shapes(copy.deepcopy(source_graph))
+    hoist_constant_weights(model)  # before the converter, as quantize._build_fp16
     load_attribute_tensors(model, base_dir)  # the onnxruntime engine loads them; they stay in the graph
     was_float = {t.name for t in onnx.external_data_helper._get_initializer_tensors(model)
                  if t.data_type == TensorProto.FLOAT}

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .hoist import hoist_constant_weights
 from .int8_graph import QuantizedWeight, Quantizer, check_supported, replace_gemm_with_matmul
 from .tensor_io import DataFileWriter, SourceTensor, goes_external, is_external, load_small_external, write_copy
 
@@ -38,6 +39,7 @@ def plan(src, source_graph, opts):
     # quantize_dynamic: shape inference on the file (weights are not read), infer metadata.
     model = onnx.shape_inference.infer_shapes(copy.deepcopy(source_graph))
     add_infer_metadata(model)
+    hoist_constant_weights(model)  # Constant-node weights become initializers, as quantize._load_model_with_shape_infer
     # ONNXQuantizer then rewrites Gemm and infers shapes again on a saved copy, where tensors under
     # the size threshold are inline: read those few bytes too.
     load_small_external(model, base_dir, SIZE_THRESHOLD)

@@ -118,8 +118,68 @@ def extremes(seed=0):
     return _model(nodes, [_f32("x", 2, 32)], [_f32("y", 2, 32)], inits), {"x": x}
 
 
+def _constant(name, *shape, rng, scale=0.1):
+    """A Constant node holding a weight, as exporters write them (silero-vad, traced conv nets)."""
+    return helper.make_node("Constant", [], [name], name=f"const_{name}", value=_init(name, *shape, rng=rng, scale=scale))
+
+
+def constant_weights(seed=0):
+    """A Conv and a MatMul whose weights (and the Conv bias) are Constant nodes, not initializers."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        _constant("cw", 8, 4, 3, rng=rng), _constant("mw", 32, 16, rng=rng),
+        helper.make_node("Constant", [], ["cb"], name="const_cb", value=_init("cb", 8, rng=rng)),
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], name="conv", pads=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "mw"], ["y"], name="mm"),
+    ]
+    x = rng.standard_normal((1, 4, 32)).astype(np.float32)
+    return _model(nodes, [_f32("x", 1, 4, 32)], [_f32("y", 1, 8, 16)], []), {"x": x}
+
+
+def if_branches(seed=0):
+    """An If whose two branches hold all the weights (silero-vad's layout): the then branch as Constant
+    nodes, the else branch as a Constant and a subgraph initializer; both read x from the outer scope."""
+    rng = np.random.default_rng(seed)
+    then_branch = helper.make_graph(
+        [_constant("w_then", 16, 16, rng=rng),
+         helper.make_node("MatMul", ["x", "w_then"], ["t1"], name="mm_then"),
+         helper.make_node("Tanh", ["t1"], ["then_out"], name="tanh_then")],
+        "then", [], [_f32("then_out", 2, 16)])
+    else_branch = helper.make_graph(
+        [_constant("w_else", 16, 16, rng=rng),
+         helper.make_node("MatMul", ["x", "w_else"], ["e1"], name="mm_else"),
+         helper.make_node("MatMul", ["e1", "w_else2"], ["else_out"], name="mm_else2")],
+        "else", [], [_f32("else_out", 2, 16)], initializer=[_init("w_else2", 16, 16, rng=rng)])
+    nodes = [helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_branch,
+                              else_branch=else_branch)]
+    inputs = [_f32("x", 2, 16), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
+    x = rng.standard_normal((2, 16)).astype(np.float32)
+    return _model(nodes, inputs, [_f32("y", 2, 16)], []), {"x": x, "cond": np.array(True)}
+
+
+def lstm(seed=0):
+    """An LSTM carrying its state (initial_h/initial_c in, Y_h/Y_c out) and a MatMul head on Y_h."""
+    rng = np.random.default_rng(seed)
+    hidden, features = 16, 8
+    inits = [_init("lstm.W", 1, 4 * hidden, features, rng=rng), _init("lstm.R", 1, 4 * hidden, hidden, rng=rng),
+             _init("lstm.B", 1, 8 * hidden, rng=rng), _init("head", hidden, 4, rng=rng)]
+    nodes = [
+        helper.make_node("LSTM", ["x", "lstm.W", "lstm.R", "lstm.B", "", "h0", "c0"], ["seq", "h", "c"],
+                         name="lstm", hidden_size=hidden),
+        helper.make_node("MatMul", ["h", "head"], ["y"], name="mm_head"),
+    ]
+    inputs = [_f32("x", 5, 1, features), _f32("h0", 1, 1, hidden), _f32("c0", 1, 1, hidden)]
+    outputs = [_f32("y", 1, 1, 4), _f32("h", 1, 1, hidden), _f32("c", 1, 1, hidden)]
+    feeds = {"x": rng.standard_normal((5, 1, features)).astype(np.float32),
+             "h0": rng.standard_normal((1, 1, hidden)).astype(np.float32) * 0.1,
+             "c0": rng.standard_normal((1, 1, hidden)).astype(np.float32) * 0.1}
+    return _model(nodes, inputs, outputs, inits), feeds
+
+
 BUILDERS = {"shared_weights": shared_weights, "gemm": gemm, "embedding": embedding, "conv": conv,
-            "attention": attention, "extremes": extremes}
+            "attention": attention, "extremes": extremes, "constant_weights": constant_weights,
+            "if_branches": if_branches, "lstm": lstm}
 
 
 def save_with_external_data(model, path, size_threshold=0):

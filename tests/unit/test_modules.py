@@ -187,25 +187,51 @@ def _conv_only_model(path):
     return str(path)
 
 
-def test_low_coverage_is_an_ansible_warning_naming_share_and_what_to_try(tmp_path, capsys):
+def test_low_coverage_fails_naming_share_weights_and_what_to_try_and_keeps_the_release(tmp_path, capsys):
     src = _conv_only_model(tmp_path / "frontend.onnx")
-    code, r = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits"},
-                         capsys)
-    assert code == 0 and r["coverage"]["byte_share"] == 0.0
-    (warning,) = [w["event"]["msg"] for w in r["warnings"]]  # ansible-core 2.19 ships warnings as events
-    assert "matmul_nbits quantizes only 0.0% of the weight bytes" in warning and "0 of 2 weight tensors" in warning
-    assert "feed Conv 100%" in warning and "ConvInteger" in warning and "method fp16" in warning
+    dest = tmp_path / "release"
+    code, conv = run_module("onnx_quantize", {"src": src, "dest": str(dest)}, capsys)
+    assert code == 0 and conv["coverage"]["byte_share"] == 1.0 and "warnings" not in conv  # ConvInteger by default
+    before = snapshot(dest)
+    code, r = run_module("onnx_quantize", {"src": src, "dest": str(dest), "method": "matmul_nbits"}, capsys)
+    assert code == 1 and "matmul_nbits rewrites only 0.0% of the weight bytes" in r["msg"]
+    assert "0 of 2 weight tensors" in r["msg"] and "below min_quantized_share 0.5" in r["msg"]
+    assert "feed Conv" in r["msg"] and "held in initializers" in r["msg"] and "ConvInteger" in r["msg"]
+    assert "method fp16" in r["msg"] and "allow_low_coverage: true" in r["msg"] and "Nothing was written" in r["msg"]
+    assert snapshot(dest) == before  # the previous release, byte for byte
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".release")]  # no staging left behind
     code, planned = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int8"),
                                                  "op_types_to_quantize": ["MatMul"], "_ansible_check_mode": True},
                                capsys)
-    assert code == 0 and "dynamic_int8 quantizes only 0.0%" in planned["warnings"][0]["event"]["msg"]  # before building
-    code, conv = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "conv8")}, capsys)
-    assert code == 0 and conv["coverage"]["byte_share"] == 1.0 and "warnings" not in conv  # ConvInteger by default
+    warning = planned["warnings"][0]["event"]["msg"]  # ansible-core 2.19 ships warnings as events
+    assert code == 0 and "dynamic_int8 rewrites only 0.0%" in warning and "the build would fail" in warning
+    assert not (tmp_path / "int8").exists()
 
 
-def test_low_coverage_warning_reaches_ansible_and_the_cli(tmp_path):
+def test_allow_low_coverage_builds_with_a_warning_in_the_result_and_the_record(tmp_path, capsys):
+    src = _conv_only_model(tmp_path / "frontend.onnx")
+    code, r = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits",
+                                           "allow_low_coverage": True}, capsys)
+    assert code == 0 and r["changed"] and r["coverage"]["byte_share"] == 0.0
+    (warning,) = [w["event"]["msg"] for w in r["warnings"]]
+    assert "rewrites only 0.0%" in warning and "allowed: allow_low_coverage is true" in warning
+    with open(r["record_path"]) as fh:
+        assert json.load(fh)["warnings"] == [warning]
+    code, r = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "int8"), "op_types_to_quantize": ["MatMul"],
+                                           "min_quantized_share": 0.0}, capsys)
+    assert code == 0 and r["coverage"]["byte_share"] == 0.0 and "warnings" not in r  # a floor of 0 is met
+    code, r = run_module("onnx_quantize", {"src": src, "dest": str(tmp_path / "x"), "min_quantized_share": 1.5}, capsys)
+    assert code == 1 and "min_quantized_share 1.5 must be a number between 0 and 1" in r["msg"]
+
+
+def test_low_coverage_verdict_reaches_ansible_and_the_cli(tmp_path):
     src = _conv_only_model(tmp_path / "frontend.onnx")
     rc, r = ansible_adhoc("onnx_quantize", f"src={src} dest={tmp_path / 'int4'} method=matmul_nbits")
-    assert rc == 0 and any("quantizes only 0.0% of the weight bytes" in str(w) for w in r["warnings"]), r
+    assert rc != 0 and "rewrites only 0.0% of the weight bytes" in r["msg"] and not (tmp_path / "int4").exists()
+    rc, r = ansible_adhoc("onnx_quantize", f"src={src} dest={tmp_path / 'int4'} method=matmul_nbits allow_low_coverage=true")
+    assert rc == 0 and any("rewrites only 0.0% of the weight bytes" in str(w) for w in r["warnings"]), r
+    rc, r = _cli("quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits",
+                              "allow_low_coverage": True}, tmp_path)
+    assert rc == 0 and not r["changed"] and "rewrites only 0.0%" in r["warnings"][0]
     rc, r = _cli("quantize", {"src": src, "dest": str(tmp_path / "int4"), "method": "matmul_nbits"}, tmp_path)
-    assert rc == 0 and not r["changed"] and "quantizes only 0.0%" in r["warnings"][0]
+    assert rc == 1 and r["failed"] and "rewrites only 0.0%" in r["msg"] and "was left as it is" in r["msg"]

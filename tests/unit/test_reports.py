@@ -188,6 +188,17 @@ def test_markdown_has_time_versions_hashes_and_the_measurements(validated):
     assert "13 weight tensors)\n- Kept in FP32: 3 node(s)" in md and "100.0% of the weight bytes quantized" in md
 
 
+def test_a_build_warning_in_the_record_is_shown_in_both_formats(validated):
+    """A release shipped below min_quantized_share with allow_low_coverage carries its warning."""
+    int8, fp32, result = validated["int8"], validated["fp32"], validated["runs"]["agi1"][1]
+    record = dict(validated["record"], warnings=["dynamic_int8 rewrites only 3.7% of the weight bytes <LSTM>"])
+    md = render("report.md.j2", result, int8, fp32, record)
+    assert "- Build warning: dynamic_int8 rewrites only 3.7% of the weight bytes <LSTM>\n" in md
+    page = render("report.html.j2", result, int8, fp32, record)
+    assert "<dt>build warning</dt><dd>dynamic_int8 rewrites only 3.7% of the weight bytes &lt;LSTM&gt;</dd>" in page
+    assert "Build warning" not in render("report.md.j2", result, int8, fp32, validated["record"])
+
+
 def test_failed_gate_is_shown_failed_in_both_formats(validated):
     int8, fp32, result = validated["int8"], validated["fp32"], validated["runs"]["agi3"][0]
     md = render("report.md.j2", result, int8, fp32, validated["record"], host="agi3")

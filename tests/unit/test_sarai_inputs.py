@@ -193,3 +193,21 @@ def test_module_passes_and_warns(shipped, capsys):
     code, result = run_module("sarai_check_inputs", dict(shipped, batches="25%"), capsys)
     assert code == 0 and not result["changed"] and result["batches"] == ["25%"]
     assert "int8 has key(s) notes that nothing reads" in str(result["warnings"])
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("min_quantized_share", 1.5, "must be a number between 0 and 1"),
+    ("min_quantized_share", "0.5", "must be a number between 0 and 1"),
+    ("min_quantized_share", True, "must be a number between 0 and 1"),
+    ("allow_low_coverage", "yes", "must be true or false"),
+])
+def test_coverage_floor_is_checked_naming_variable_and_value(shipped, key, value, words):
+    shipped["catalog"]["int8"][key] = value
+    (found,) = problems(**shipped)
+    assert found.startswith(f"sarai_model_variants.int8.{key} = {inputs.show(value)}: {words}")
+
+
+def test_coverage_floor_keys_are_known_and_valid_values_pass(shipped):
+    shipped["catalog"]["fp16"].update(min_quantized_share=0, allow_low_coverage=True)
+    result = inputs.check_inputs(**shipped)
+    assert result["problems"] == [] and result["warnings"] == []  # not "keys that nothing reads"

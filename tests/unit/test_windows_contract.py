@@ -100,6 +100,8 @@ def test_windows_quantize_command_honours_the_contract(windows):
     catalog = windows["templar"].resolve_variable_expression("model_build_catalog")["int8"]
     assert params["fidelity_target"] == catalog["fidelity_target"]
     assert params["search_budget"] == catalog["search_budget"]
+    # and its coverage floor; allow_low_coverage only when the variant sets it
+    assert params["min_quantized_share"] == catalog["min_quantized_share"] and "allow_low_coverage" not in params
     assert params["input_shapes"] == {"hidden_states": [1, 4, 64]}
 
     first, changed, argv = _run_quantize(windows)
@@ -123,3 +125,14 @@ def test_windows_quantize_command_honours_the_contract(windows):
     assert changed_again is False and again["changed"] is False
     assert again["release_sha12"] == result["release_sha12"]
     assert result["fidelity"]["passed"] and again["search"] == result["search"]
+
+
+def test_allow_low_coverage_travels_from_the_catalog_to_the_parameters(windows):
+    templar = windows["templar"]
+    catalog = templar.resolve_variable_expression("model_build_catalog")
+    low = dict(catalog, int8=dict(catalog["int8"], allow_low_coverage=True, min_quantized_share=0.3))
+    task = _task(windows["tasks"], "Write the parameters")
+    params = json.loads(templar.copy_with_new_env(available_variables={
+        **templar.available_variables, **task["vars"], "model_build_catalog": low}).template(
+            task["ansible.windows.win_copy"]["content"]))
+    assert params["allow_low_coverage"] is True and params["min_quantized_share"] == 0.3
