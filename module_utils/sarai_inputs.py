@@ -125,6 +125,7 @@ def _check_variant(var, spec, playbook):
         problems += check_quantization(spec.get("quantization", _UNSET), f"{var}.quantization")
         problems += check_gates(spec.get("gates"), f"{var}.gates")
         problems += check_coverage_floor(spec, var)
+        problems += check_search_budget(spec, var)
     return problems
 
 
@@ -183,6 +184,20 @@ def check_coverage_floor(spec, var):
                                 "e.g. allow_low_coverage: true to ship a release below min_quantized_share with a "
                                 "warning"))
     return problems
+
+
+def check_search_budget(spec, var):
+    """search_budget as the fidelity search takes it: limits, candidate kinds (bits, block sizes), speedup_min."""
+    from ansible.module_utils.sarai_onnx.fidelity import normalize_budget
+
+    budget = spec.get("search_budget")
+    if budget is None:
+        return []
+    try:
+        normalize_budget(budget)
+    except SaraiError as exc:
+        return [problem(f"{var}.search_budget", budget, str(exc), "fix the value, or remove the key for its default")]
+    return []
 
 
 # ---------------------------------------------------------------- gates
@@ -377,6 +392,9 @@ def check_control_characters(values):
 
     for var, value in (values or {}).items():
         walk(var, value)
+    return problems
+
+
 # ---------------------------------------------------------------- the bake (docs/bake.md)
 
 BAKE_RULES = {  # variable: (smallest value, strictly above it?, example)
