@@ -45,7 +45,7 @@ def test_quantize_removes_what_a_killed_build_left_under_the_build_lock(tmp_path
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
         "sarai_build_python": sys.executable, "sarai_build_source": str(tmp_path / "source" / "agi_audio_core.onnx"),
         "sarai_build_dir": str(build), "sarai_build_lock_file": str(build / ".sarai-deploy.lock"),
-        "sarai_lock_wait_s": 0, "sarai_lock_break": False, "sarai_model_variants": catalog,
+        "sarai_lock_wait_s": 0, "sarai_lock_break": False, "sarai_lock_break_id": "", "sarai_model_variants": catalog,
         "sarai_target_variant": "int8", "sarai_reference_variant": "fp32"}}}}}}
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
     rc, out = _playbook(tmp_path, ROOT / "playbooks" / "quantize.yml")

@@ -73,7 +73,7 @@ def _lab(tmp_path, int8_files=(), int8_model_name=None):
             "sarai_runtime_python": sys.executable, "sarai_build_python": sys.executable,
             "sarai_build_source": str(tmp_path / "source" / "agi_audio_core.onnx"), "sarai_build_dir": str(build),
             "sarai_build_lock_file": str(build / ".sarai-deploy.lock"),
-            "sarai_lock_wait_s": 0, "sarai_lock_break": False,
+            "sarai_lock_wait_s": 0, "sarai_lock_break": False, "sarai_lock_break_id": "",
             "sarai_root": str(server / "sarai"), "sarai_releases_dir": str(server / "sarai" / "models" / "releases"),
             "sarai_config_path": str(server / "sarai" / "config" / "sarai.yaml"),
             "sarai_state_file": str(server / "state.fact"), "sarai_lock_file": str(server / "deploy.lock"),

@@ -136,3 +136,15 @@ def test_allow_low_coverage_travels_from_the_catalog_to_the_parameters(windows):
         **templar.available_variables, **task["vars"], "model_build_catalog": low}).template(
             task["ansible.windows.win_copy"]["content"]))
     assert params["allow_low_coverage"] is True and params["min_quantized_share"] == 0.3
+
+
+def test_a_stream_state_map_reaches_the_search_only_when_set(windows):
+    """sarai_validation_state_map (what onnx_validate carries on the servers) goes to the build's search
+    too, so both judge the same sequence; without one the search params carry no state_map."""
+    templar = windows["templar"]
+    assert "state_map" not in templar.resolve_variable_expression("__model_build_search_params")
+    streaming = templar.copy_with_new_env(available_variables={
+        **templar.available_variables, "sarai_validation_state_map": {"state": "stateN"},
+        "model_build_search_inputs": "C:\\sarai\\vad_stream.npz"})
+    params = streaming.resolve_variable_expression("__model_build_search_params")
+    assert params["state_map"] == {"state": "stateN"} and params["inputs"] == "C:\\sarai\\vad_stream.npz"
