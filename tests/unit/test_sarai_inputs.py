@@ -270,3 +270,56 @@ def test_model_file_and_variant_names_do_not_accept_a_trailing_newline():
 def test_a_variant_name_with_a_newline_is_refused(shipped):
     result = inputs.check_inputs(**dict(shipped, target_variant="int8\n"))
     assert any(p.startswith('sarai_target_variant = "int8\\n": contains a control character') for p in result["problems"])
+
+
+BAKE_SHIPPED = ("sarai_bake_minutes", "sarai_bake_minutes_canary", "sarai_bake_interval_s", "sarai_bake_tolerance_pct")
+
+
+def test_the_shipped_bake_values_pass(shipped):
+    values = yaml.safe_load(CATALOG_FILE.read_text())
+    bake = {var: {"agi1": values[var]} for var in BAKE_SHIPPED}
+    assert problems(bake=bake, **shipped) == []
+    assert problems(bake={"sarai_bake_minutes": "0", "sarai_bake_interval_s": "2.5"}, **shipped) == []
+
+
+@pytest.mark.parametrize("var, value, words", [
+    ("sarai_bake_minutes", -1, "must be a number >= 0"),
+    ("sarai_bake_minutes", "ten", "must be a number >= 0"),
+    ("sarai_bake_minutes_canary", [10], "must be a number >= 0"),
+    ("sarai_bake_interval_s", 0, "must be a number > 0"),
+    ("sarai_bake_interval_s", "-5", "must be a number > 0"),
+    ("sarai_bake_tolerance_pct", True, "must be a number >= 0"),
+])
+def test_bad_bake_numbers_are_refused_naming_the_variable_and_host(shipped, var, value, words):
+    (found,) = problems(bake={var: {"agi1": value}}, **shipped)
+    assert found.startswith(f"{var} (host agi1) = ") and words in found and f"set e.g. {var}: " in found
+
+
+def test_a_bad_bake_budget_in_the_catalog_is_refused_and_null_is_no_gate(shipped):
+    shipped["catalog"]["int8"]["bake_rss_max_mb"] = "1300"
+    (found,) = problems(**shipped)
+    assert found.startswith('sarai_model_variants.int8.bake_rss_max_mb = "1300": must be a positive number of MiB')
+    shipped["catalog"]["int8"]["bake_rss_max_mb"] = None
+    assert inputs.check_inputs(**shipped) == {"problems": [], "warnings": [], "batches": None}
+
+
+@pytest.mark.parametrize("budget,words", [
+    ({"candidates": ["dynamic_int8", "int2"]}, "unknown kind 'int2'"),
+    ({"candidates": ["nbits3_b128"]}, "'nbits3_b128': bits 3 is not searched (use 8 or 4)"),
+    ({"candidates": ["nbits8_b100"]}, "'nbits8_b100': block size 100 is not searched (use 128, 64, 32)"),
+    ({"candidates": "mixed"}, "must be a non-empty list of kinds"),
+    ({"candidates": []}, "must be a non-empty list of kinds"),
+    ({"speedup_min": 0}, "speedup_min=0 must be a number > 0"),
+    ({"max_trials": 0}, "max_trials=0 is out of range"),
+])
+def test_search_budget_candidates_are_checked_naming_the_value(shipped, budget, words):
+    shipped["catalog"]["int8"].update(fidelity_target={"cosine_min": 0.99}, search_budget=budget)
+    (found,) = problems(**shipped)
+    assert found.startswith(f"sarai_model_variants.int8.search_budget = {inputs.show(budget)}: ") and words in found
+
+
+def test_valid_search_budget_candidates_pass(shipped):
+    shipped["catalog"]["int8"].update(fidelity_target={"cosine_min": 0.99},
+                                      search_budget={"candidates": ["dynamic_int8", "matmul_nbits", "mixed"],
+                                                     "speedup_min": 1.5, "max_trials": 12})
+    assert inputs.check_inputs(**shipped)["problems"] == []
