@@ -9,7 +9,7 @@ export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 
 MODULES := $(basename $(notdir $(wildcard library/*.py)))
 PLAYBOOKS := $(wildcard playbooks/*.yml) deploy_int8.yml rollback.yml
-SCENARIOS ?= lab default rollback failure canary lock faults fidelity bake
+SCENARIOS ?= lab default rollback failure canary lock faults fidelity
 
 .PHONY: venv test unit unit-slow integration lint docs-check syntax ee-check molecule lab lab-down demo bench clean
 

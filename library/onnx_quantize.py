@@ -20,18 +20,14 @@ description:
   - Idempotent - when C(dest/quantization.json) records the same source sha256, method and options
     and C(dest/MANIFEST.sha256) verifies, nothing is rewritten and the result is C(ok). The engine is
     not compared - both engines build the same files.
-  - With O(fidelity_target) (C(dynamic_int8) requested), first searches for the fastest build that keeps the
-    output within the target of the FP32 source on the validation inputs. The requested options are built
-    when they pass; otherwise it screens C(per_channel), the other weight type, op-type choices, block-wise
-    C(matmul_nbits) (8 and 4 bits, blocks 128/64/32, symmetric, accuracy_level 4) and, when no dynamic INT8
-    set passed, the most sensitive MatMuls kept in FP32 on the fastest dynamic INT8 set - within
-    O(search_budget). Each trial is a real build in a scratch directory judged by the verdict of
-    M(onnx_validate) (per output, on the stream when O(state_map) is set). Every candidate that passes is then timed side by side with FP32 and the requested
-    build (alternating rounds, ORT_ENABLE_EXTENDED, spinning off); the fastest beyond the noise wins,
-    else the smaller file. The release records the request and the search, so a second run with the
-    same source, options, target and inputs reuses it without searching. When no candidate meets the
-    target, or none reaches O(search_budget.speedup_min), the task fails naming the best one, and
-    O(dest) is left as it was. The method built can differ from O(method) (see C(method), C(pin_yaml)).
+  - With O(fidelity_target) (C(dynamic_int8) only), first searches for the options that keep the output
+    within the target of the FP32 source on the validation inputs - the requested options, then
+    C(per_channel), then the other weight type, then the most sensitive MatMuls kept in FP32 (ranked by
+    the error INT8 adds to each one's output) - within O(search_budget). Each trial is a real build in a
+    scratch directory measured with the metrics of M(onnx_validate). The release records the request
+    and the search, so a second run with the same source, options, target and inputs reuses it without
+    searching. When the budget is spent without meeting the target the task fails naming the best
+    trial, and O(dest) is left as it was.
   - Counts weights (float tensors of rank >= 2) wherever the model holds them - initializers, C(Constant)
     nodes and subgraphs (C(If)/C(Loop)/C(Scan) bodies). Every method but C(none) first turns C(Constant)-node
     weights into initializers (same outputs) and quantizes subgraphs too (onnxruntime's C(EnableSubgraph)),
@@ -149,7 +145,7 @@ options:
   fidelity_target:
     description:
       - Fidelity the release must reach against the FP32 source, judged as M(onnx_validate) judges it (the same
-        code - each output on its own, non-finite values fail). Searches for the fastest build that reaches it (see description).
+        code - each output on its own, non-finite values fail). Searches for the options that reach it (see description).
       - Set it tighter than the deploy gates, so small differences between the build host and the
         servers (CPU kernels) cannot fail the gates there.
       - Only with O(method=dynamic_int8). Unset, the module builds exactly the options given.
@@ -179,16 +175,6 @@ options:
         description:
           - Share of the weight bytes that must stay quantized, in every trial (the first included) - a trial
             below it does not pass, and the search keeps no more nodes in FP32. Default 0.5.
-        type: float
-      candidates:
-        description:
-          - The candidate kinds to screen, in a fixed order - C(dynamic_int8) (per_channel, weight type), C(op_types),
-            C(nbits8_b128), C(nbits8_b64), C(nbits8_b32), C(nbits4_b128), C(nbits4_b64), C(nbits4_b32)
-            (C(matmul_nbits) means all six), C(mixed) (sensitive MatMuls kept in FP32). Default all.
-        type: list
-        elements: str
-      speedup_min:
-        description: Least speedup over FP32 (timed side by side on the build host) a passing candidate must reach.
         type: float
   min_quantized_share:
     description:
@@ -376,12 +362,6 @@ fidelity:
     reached: {description: "cosine, mse, mae and max_abs of that trial against FP32.", type: dict}
     quantized_share: {description: Share of the weight bytes quantized in that trial., type: float}
     search_s: {description: Seconds the search took., type: float}
-    race:
-      description:
-        - "The side-by-side timing of the passing candidates (none when the requested options passed): session_options,
-          rounds, fp32_p50_ms, requested_p50_ms, winner (trial), tied (trials within the noise of the fastest), why,
-          speedup_min, and mixed_base (which dynamic INT8 set the exclusions were built on, timed)."
-      type: dict
     ranking:
       description: "The MatMuls ranked by sensitivity, most sensitive first (node, weight, weight_bytes, and the cosine,
         mse, mae of its INT8 output against FP32); empty when no exclusion was needed."
@@ -389,18 +369,15 @@ fidelity:
       elements: dict
 search:
   description:
-    - With O(fidelity_target), every trial in order - C(trial), C(kind) (candidate kind), C(method), C(change)
-      (what it changed), C(size_bytes), and for the timed ones C(p50_ms), C(speedup) (over FP32), C(speedup_interval)
-      and C(vs_requested) (speedup over the requested build); C(weight_type),
+    - With O(fidelity_target), every trial in order - C(trial), C(change) (what it changed), C(weight_type),
       C(per_channel), C(reduce_range), C(excluded_count) (nodes added to the FP32 ones), C(cosine), C(mse), C(mae),
-      C(max_abs), C(outputs) (per-output metrics), C(failed_gates), C(quantized_share) (of the weight bytes),
-      C(options), C(passed) and C(seconds).
+      C(max_abs), C(quantized_share) (of the weight bytes), C(passed) and C(seconds).
     - Also returned when the task fails, to show how close the search came.
   returned: with fidelity_target
   type: list
   elements: dict
 pin_yaml:
-  description: The C(quantization) line for the variant catalog that rebuilds the chosen method and options without searching.
+  description: The C(quantization) line for the variant catalog that rebuilds the chosen options without searching.
   returned: with fidelity_target, success
   type: str
   sample: 'quantization: {method: dynamic_int8, weight_type: "QInt8", per_channel: false, reduce_range: false, nodes_to_exclude: ["MatMul_66"]}'
@@ -437,9 +414,7 @@ def main():
                                                        outputs=dict(type="dict"))),
         state_map=dict(type="dict"),
         search_budget=dict(type="dict", options=dict(max_trials=dict(type="int"), max_seconds=dict(type="float"),
-                                                     min_quantized_share=dict(type="float"),
-                                                     candidates=dict(type="list", elements="str"),
-                                                     speedup_min=dict(type="float"))),
+                                                     min_quantized_share=dict(type="float"))),
         min_quantized_share=dict(type="float"),
         allow_low_coverage=dict(type="bool", default=False),
     ), "quantize")

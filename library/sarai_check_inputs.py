@@ -74,13 +74,6 @@ options:
       - The inventory's groups (the C(groups) magic variable). Every playbook needs a host in group
         C(inference); a deploy needs exactly one host in group C(quantizers).
     type: dict
-  bake:
-    description:
-      - The bake's numbers by variable name (C(sarai_bake_minutes), C(sarai_bake_minutes_canary),
-        C(sarai_bake_interval_s) > 0, C(sarai_bake_tolerance_pct)), each a number >= 0 (a numeric string is
-        fine) or a dict of host name to number; null means the default. A deploy also checks each variant's
-        C(bake_rss_max_mb) (a positive number or null). See docs/bake.md.
-    type: dict
   inventory_sources:
     description: The inventory sources (C(ansible_inventory_sources)), named in the messages.
     type: list
@@ -127,7 +120,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sarai_inputs import check_inputs, describe
 
 CHECKED = ("catalog", "gates", "target_variant", "reference_variant", "rollback_variant", "batches", "paths",
-           "keep", "groups", "inventory_sources", "bake")
+           "keep", "groups", "inventory_sources")
 
 
 def main():
@@ -144,7 +137,6 @@ def main():
             keep=dict(type="dict"),
             groups=dict(type="dict"),
             inventory_sources=dict(type="list", elements="str"),
-            bake=dict(type="dict"),
         ),
         supports_check_mode=True,
     )

@@ -38,7 +38,6 @@ ROLLBACK_KEYS = ("display_name", "file", "max_memory_mb")
 # fidelity_target, search_budget and engine go to onnx_quantize as they are (roles/model_build), which checks them.
 VARIANT_KEYS = ROLLBACK_KEYS + ("quantization", "gates", "fidelity_target", "search_budget", "engine")
 VARIANT_KEYS += ("min_quantized_share", "allow_low_coverage")  # the coverage floor (check_coverage_floor)
-VARIANT_KEYS += ("bake_rss_max_mb",)  # the bake's memory gate (check_bake)
 GATE_EXAMPLES = {"cosine_min": 0.98, "mse_max": 0.01, "mae_max": 0.05, "speedup_min": 2.0,
                  "p50_max_ms": 300, "p99_max_ms": 500, "rss_max_mb": 1500,
                  SHAPES_GATE: {"logits": [1, 16, 1024]}}
@@ -125,7 +124,6 @@ def _check_variant(var, spec, playbook):
         problems += check_quantization(spec.get("quantization", _UNSET), f"{var}.quantization")
         problems += check_gates(spec.get("gates"), f"{var}.gates")
         problems += check_coverage_floor(spec, var)
-        problems += check_search_budget(spec, var)
     return problems
 
 
@@ -184,20 +182,6 @@ def check_coverage_floor(spec, var):
                                 "e.g. allow_low_coverage: true to ship a release below min_quantized_share with a "
                                 "warning"))
     return problems
-
-
-def check_search_budget(spec, var):
-    """search_budget as the fidelity search takes it: limits, candidate kinds (bits, block sizes), speedup_min."""
-    from ansible.module_utils.sarai_onnx.fidelity import normalize_budget
-
-    budget = spec.get("search_budget")
-    if budget is None:
-        return []
-    try:
-        normalize_budget(budget)
-    except SaraiError as exc:
-        return [problem(f"{var}.search_budget", budget, str(exc), "fix the value, or remove the key for its default")]
-    return []
 
 
 # ---------------------------------------------------------------- gates
@@ -395,68 +379,17 @@ def check_control_characters(values):
     return problems
 
 
-# ---------------------------------------------------------------- the bake (docs/bake.md)
-
-BAKE_RULES = {  # variable: (smallest value, strictly above it?, example)
-    "sarai_bake_minutes": (0, False, 2),
-    "sarai_bake_minutes_canary": (0, False, 10),
-    "sarai_bake_interval_s": (0, True, 30),
-    "sarai_bake_tolerance_pct": (0, False, 10),
-}
-
-
-def _as_number(value):
-    """A number from an int, a float or a numeric string (extra vars are strings); None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-def check_bake(bake, catalog=None):
-    """Bake lengths, interval and tolerance are numbers in range ({variable: value or {host: value}}; None: the
-    default), and each variant's bake_rss_max_mb is a positive number or null (no memory gate)."""
-    problems = []
-    for var, value in (bake or {}).items():
-        low, strict, example = BAKE_RULES.get(var, (0, False, 1))
-        for host, item in _per_host(value):
-            if item is None:
-                continue
-            label = f"{var} (host {host})" if host is not None else var
-            number = _as_number(item)
-            if number is None or number != number or number < low or (strict and number == low):
-                what = "must be a number " + ("> 0" if strict else ">= 0")
-                problems.append(problem(label, item, what, f"set e.g. {var}: {example}"
-                                        + (" (0 turns the bake off)" if var == "sarai_bake_minutes" else "")))
-    for name, spec in (catalog.items() if isinstance(catalog, dict) else []):
-        if not isinstance(spec, dict) or spec.get("bake_rss_max_mb") is None:
-            continue
-        budget = spec["bake_rss_max_mb"]
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-            problems.append(problem(f"{CATALOG_VAR}.{name}.bake_rss_max_mb", budget, "must be a positive number of "
-                                    "MiB (without quotes), or null for no memory gate in the bake",
-                                    "e.g. bake_rss_max_mb: 1320, or leave it out (max_memory_mb plus the tolerance)"))
-    return problems
-
-
 # ---------------------------------------------------------------- all of it
 
 def check_inputs(playbook="deploy", catalog=_UNSET, gates=None, target_variant=None, reference_variant=None,
                  rollback_variant=None, batches=None, paths=None, keep=None, groups=None,
-                 inventory_sources=None, bake=None):
+                 inventory_sources=None):
     """{problems, warnings, batches}: everything the playbook will use, checked together."""
     problems, warnings = check_catalog(catalog, playbook)
     if playbook == "deploy":
         problems += check_variant_name(target_variant, TARGET_VAR, catalog, required=True)
         problems += check_reference(reference_variant, catalog)
         problems += check_gates(gates)
-        problems += check_bake(bake, catalog)
     else:
         problems += check_variant_name(rollback_variant, ROLLBACK_VAR, catalog, required=False)
     batch_problems, batch_list = check_batches(batches)

@@ -1,34 +1,19 @@
-"""Accuracy-aware quantization: the fastest build that meets a fidelity target, then build it.
+"""Accuracy-aware dynamic INT8: search for the options that meet a fidelity target, then build.
 
-quantize_to_target() builds the same release quantize() builds, after finding a method and options
-whose output stays within `fidelity_target` of the FP32 source on the validation inputs.
-  1. the requested dynamic INT8 options: when they pass they are built, no search;
-  2. screens, one fidelity run each, in this order (the `candidates` of the budget can narrow it):
-     dynamic_int8   per_channel, then the other weight type on the better per_channel setting;
-     op_types       MatMul/Gemm only (when the model has Conv, Gather... weights), LSTM/GRU only (when it has them);
-     nbits<B>_b<S>  block-wise weight-only MatMulNBits, B bits (8, 4), block size S (128, 64, 32), symmetric,
-                    accuracy_level 4 ("matmul_nbits" means all six);
-     mixed          when no dynamic INT8 set passed: the *fastest* of the dynamic INT8 sets screened (timed
-                    side by side, race.py) with the k most sensitive MatMuls (sensitivity.rank_matmuls) kept
-                    in FP32, k doubled until the target passes, then bisected down to the fewest that pass;
-  3. every candidate that passed is timed side by side with FP32 and the requested build in alternating
-     rounds (race.py, the variant's session options), the fastest beyond the noise wins, else the
-     smaller file; when all are slower than `speedup_min` x FP32 nothing is built.
-The budget (trials, wall time) bounds the screens: when it runs out the candidates that passed so far
-are raced; the floor on the share of weight bytes quantized holds for every trial. Every trial is a real
-build (quantize() into a scratch dir) judged against FP32 by the verdict onnx_validate applies
-(verdict.compare and verdict.gate_results: per output, `ignore`d outputs, agreement gates, non-finite
-values fail), on the inputs onnx_validate would generate, or the windows of a stream with its state
-carried (state_map).
+quantize_to_target() builds the same release quantize() builds, after finding options whose
+output stays within `fidelity_target` of the FP32 source on the validation inputs:
+  1. the requested options;
+  2. the cheap changes, one at a time: per_channel, then the other weight type;
+  3. the best of those with the k most sensitive MatMuls (sensitivity.rank_matmuls) kept in FP32,
+     k doubled until the target passes, then bisected down to the fewest that still pass;
+within a budget of trials, wall time and a floor on the share of weight bytes still quantized.
+Every trial is a real build (quantize() into a scratch dir) judged against FP32 by the verdict
+onnx_validate applies (verdict.compare and verdict.gate_results: per output, `ignore`d outputs,
+agreement gates, non-finite values fail), on the inputs onnx_validate would generate.
 
-Why the mixed base is timed, not the closest to the target: QUInt8 weights run onnxruntime's u8u8
-kernels, 2.1-2.3x slower per MatMul than QInt8's u8s8 (profiled); a base chosen by a hair of cosine
-made the searched build 0.5x the speed of default INT8.
-
-The release records the request (options, target, budget, inputs digest) and the outcome (method and
-options built, every trial with its timing), so a second run with the same request reuses it without
-searching again; a damaged release is rebuilt from the recorded method and options. When nothing
-passes, nothing is built and dest stays as it was.
+The release records the request (options, target, budget, inputs digest) and the outcome, so a
+second run with the same request reuses it without searching again; a damaged release is rebuilt
+from the recorded options. When the budget runs out, nothing is built and dest stays as it was.
 """
 
 import hashlib
@@ -41,25 +26,19 @@ import time
 
 import numpy as np
 
-from .coverage import DYNAMIC_DEFAULT_OPS, planned_weights
+from .coverage import planned_weights
 from .errors import SaraiError
 from .inputs import generate_inputs, load_npz, load_sequence_npz
 from .model import graph_inputs, load_graph, model_files, value_infos
 from .quantize import RECORD_NAME, describe_source, extra_of, normalize_options, quantize
-from .race import RACE_SESSION_OPTIONS, pick_fastest, summarize, time_side_by_side
 from .sensitivity import rank_matmuls
 from .session import make_session
 from .validate import normalize_gates
 from .verdict import (FIDELITY, IGNORE, OUTPUTS, check_output_names, check_state_map, compare, gate_results,
                       run_sequence, shortfall, window_feeds)
-from .weights import find_weights
 
 TARGET_KEYS = tuple(FIDELITY) + (IGNORE, OUTPUTS)
-BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5, "candidates": None,
-                   "speedup_min": None}
-NBITS_BITS, NBITS_BLOCKS = (8, 4), (128, 64, 32)
-NBITS_KINDS = tuple(f"nbits{b}_b{s}" for b in NBITS_BITS for s in NBITS_BLOCKS)
-CANDIDATE_KINDS = ("dynamic_int8", "op_types") + NBITS_KINDS + ("mixed",)  # in screening order
+BUDGET_DEFAULTS = {"max_trials": 16, "max_seconds": 3600.0, "min_quantized_share": 0.5}
 SEARCHABLE = ("dynamic_int8",)
 RECORD_KEYS = ("fidelity", "excluded_nodes", "search")
 INPUT_SEED = 0  # onnx_validate's default seed: the search sees the inputs validation will generate
@@ -67,10 +46,6 @@ INPUT_SEED = 0  # onnx_validate's default seed: the search sees the inputs valid
 
 class _BudgetSpent(Exception):
     """The budget allows no further trial (the message says which limit)."""
-
-
-class _TooSlow(Exception):
-    """Faithful candidates exist but none reaches speedup_min (args: message, race record)."""
 
 
 # ---------------------------------------------------------------- checking the request
@@ -98,13 +73,6 @@ def normalize_budget(budget):
     if unknown:
         raise SaraiError(f"search_budget key(s) {', '.join(unknown)} are unknown: use {', '.join(BUDGET_DEFAULTS)}")
     out = dict(BUDGET_DEFAULTS, **given)
-    out["candidates"] = normalize_candidates(out["candidates"])
-    if out["speedup_min"] is not None:
-        value = out["speedup_min"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise SaraiError(f"search_budget speedup_min={value!r} must be a number > 0 (the least speedup over "
-                             "FP32 a faithful candidate must reach, e.g. 1.5)")
-        out["speedup_min"] = float(value)
     checks = {"max_trials": (int, 1, None), "max_seconds": (float, 1e-9, None), "min_quantized_share": (float, 0.0, 1.0)}
     for key, (kind, low, high) in checks.items():
         value = out[key]
@@ -119,43 +87,6 @@ def normalize_budget(budget):
             raise SaraiError(f"search_budget {key}={out[key]!r} is out of range: it must be {where}")
         out[key] = value
     return out
-
-
-def normalize_candidates(candidates):
-    """The candidate kinds to screen, in screening order (None: all); errors name the bad entry.
-
-    An entry is a kind of CANDIDATE_KINDS, or matmul_nbits for every nbits<bits>_b<block size>."""
-    if candidates is None:
-        return list(CANDIDATE_KINDS)
-    if isinstance(candidates, str) or not isinstance(candidates, list) or not candidates:
-        raise SaraiError(f"search_budget candidates={candidates!r} must be a non-empty list of kinds like "
-                         f"[dynamic_int8, nbits8_b128, mixed]; kinds: {', '.join(CANDIDATE_KINDS)}, matmul_nbits")
-    chosen = set()
-    for entry in candidates:
-        if entry == "matmul_nbits":
-            chosen.update(NBITS_KINDS)
-            continue
-        if not isinstance(entry, str) or entry not in CANDIDATE_KINDS:
-            raise SaraiError(f"search_budget candidates: {_bad_kind(entry)}")
-        chosen.add(entry)
-    return [kind for kind in CANDIDATE_KINDS if kind in chosen]
-
-
-def _bad_kind(entry):
-    """Why `entry` is no candidate kind, naming the bad bits or block size of an nbits entry."""
-    kinds = f"kinds: {', '.join(CANDIDATE_KINDS)}, matmul_nbits"
-    parts = entry[len("nbits"):].split("_b") if isinstance(entry, str) and entry.startswith("nbits") else []
-    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-        if int(parts[0]) not in NBITS_BITS:
-            return f"{entry!r}: bits {parts[0]} is not searched (use {' or '.join(map(str, NBITS_BITS))})"
-        return f"{entry!r}: block size {parts[1]} is not searched (use {', '.join(map(str, NBITS_BLOCKS))})"
-    return f"unknown kind {entry!r} ({kinds})"
-
-
-def nbits_options(kind):
-    """The matmul_nbits options of an nbits<bits>_b<block> kind: symmetric, accuracy_level 4."""
-    bits, block = kind[len("nbits"):].split("_b")
-    return {"bits": int(bits), "block_size": int(block), "symmetric": True, "accuracy_level": 4}
 
 
 def validation_feeds(model, inputs=None, input_shapes=None, input_values=None):
@@ -200,49 +131,34 @@ def run_outputs(path, feeds, sequence=None):
 
 
 def pin_yaml(method, opts):
-    """The variant's `quantization:` line that rebuilds this method and options without searching."""
-    if method == "matmul_nbits":
-        keys = ["bits", "block_size", "symmetric", "accuracy_level"]
-        keys += [k for k in ("nodes_to_exclude", "op_types_to_quantize") if opts.get(k)]
-    else:
-        keys = ["weight_type", "per_channel", "reduce_range", "nodes_to_exclude"]
-        if opts.get("op_types_to_quantize"):
-            keys.append("op_types_to_quantize")
+    """The variant's `quantization:` line that rebuilds these options without searching (flow YAML)."""
+    keys = ["weight_type", "per_channel", "reduce_range", "nodes_to_exclude"]
+    if opts.get("op_types_to_quantize"):
+        keys.append("op_types_to_quantize")
     fields = ", ".join(f"{k}: {json.dumps(opts[k])}" for k in keys)
     return f"quantization: {{method: {method}, {fields}}}"
 
 
 def _describe(trial):
-    return (f"trial {trial['trial']} ({trial['method']}, {trial['change']}): cosine {trial['cosine']}, MSE {trial['mse']}, "
+    return (f"trial {trial['trial']} ({trial['change']}): cosine {trial['cosine']}, MSE {trial['mse']}, "
             f"MAE {trial['mae']}, quantized share {trial['quantized_share']}")
 
 
 # ---------------------------------------------------------------- the search
 
-DYNAMIC = "dynamic_int8"
-MATMUL_OPS = ("Gemm", "MatMul")
-RECURRENT_OPS = ("GRU", "LSTM")
-
-
 class _Search:
-    """Trials in a scratch dir; each one a quantize() build measured against the FP32 outputs.
+    """Trials in a scratch dir; each one a quantize() build measured against the FP32 outputs."""
 
-    The builds a later step times (the requested one, the dynamic INT8 sets, every passing one) stay
-    in the scratch dir until the search ends; the others are removed at once. With sequence =
-    (windows, state_map) each trial is judged on the whole stream; the race times one window."""
-
-    def __init__(self, src, model_name, feeds, target, budget, scratch, build_kwargs, session_options,
-                 sequence=None):
-        self.src, self.model_name = src, model_name
+    def __init__(self, src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence=None):
+        self.src, self.method, self.model_name = src, method, model_name
         self.feeds, self.target, self.budget, self.sequence = feeds, target, budget, sequence
-        self.scratch, self.build_kwargs, self.session_options = scratch, build_kwargs, session_options
+        self.scratch, self.build_kwargs = scratch, build_kwargs
         self.started = time.perf_counter()
         self.reference = run_outputs(src, feeds, sequence)
         check_output_names(target, list(self.reference), "fidelity_target")
         self.trials = []
-        self.options = []  # (method, options) of each trial
+        self.options = []  # the options of each trial
         self.scores = []  # shortfall() of each trial
-        self.paths = {}  # trial number -> model path of the builds kept for timing
 
     def elapsed(self):
         return time.perf_counter() - self.started
@@ -256,102 +172,57 @@ class _Search:
             raise _BudgetSpent(f"max_seconds {self.budget['max_seconds']:g} would be exceeded "
                                f"({self.elapsed():.0f} s spent, a trial takes about {typical:.0f} s)")
 
-    def trial(self, change, opts, method=DYNAMIC, kind=DYNAMIC, excluded_count=0, keep=False):
+    def trial(self, change, opts, excluded_count=0):
         self.check_budget()
         t0 = time.perf_counter()
-        opts = normalize_options(method, opts)[1]  # the full set, as the release records it
-        number = len(self.trials) + 1
-        dest = os.path.join(self.scratch, f"trial-{number}")
+        dest = os.path.join(self.scratch, f"trial-{len(self.trials) + 1}")
         try:
             # The search judges the share itself (below); the trial build must not refuse it first.
-            built = quantize(self.src, dest, method, model_name=self.model_name, options=opts,
+            built = quantize(self.src, dest, self.method, model_name=self.model_name, options=opts,
                              **dict(self.build_kwargs, allow_low_coverage=True))
             outputs = run_outputs(built["model_path"], self.feeds, self.sequence)
-        except BaseException:
+        finally:
             shutil.rmtree(dest, ignore_errors=True)
-            raise
         share = built["coverage"]["byte_share"]
         metrics = compare(self.reference, outputs, self.target.get(IGNORE, ()))
         results = gate_results(metrics, self.reference, outputs, self.target, leading_window_axis=bool(self.sequence))
         # The floor holds for every trial, the first included: quantizing nothing always meets a target.
         passed = all(g["passed"] for g in results) and share >= self.budget["min_quantized_share"]
-        if passed or keep:
-            self.paths[number] = built["model_path"]
-        else:
-            shutil.rmtree(dest, ignore_errors=True)
-        trial = {"trial": number, "kind": kind, "method": method, "change": change,
-                 "weight_type": opts.get("weight_type"), "per_channel": opts.get("per_channel"),
-                 "reduce_range": opts.get("reduce_range"), "excluded_count": excluded_count,
+        trial = {"trial": len(self.trials) + 1, "change": change,
+                 "weight_type": opts["weight_type"], "per_channel": opts["per_channel"],
+                 "reduce_range": opts["reduce_range"], "excluded_count": excluded_count,
                  "cosine": metrics["cosine"], "mse": metrics["mse"], "mae": metrics["mae"],
-                 "max_abs": metrics["max_abs"], "quantized_share": share, "size_bytes": built["size_bytes"],
+                 "max_abs": metrics["max_abs"], "quantized_share": share,
                  "outputs": metrics["outputs"], "failed_gates": [g for g in results if not g["passed"]],
-                 "passed": passed, "seconds": round(time.perf_counter() - t0, 3), "options": opts}
+                 "passed": passed, "seconds": round(time.perf_counter() - t0, 3)}
         self.trials.append(trial)
-        self.options.append((method, opts))
+        self.options.append(opts)
         self.scores.append(shortfall(results))
         return trial
 
     def best(self):
         """(trial, options) of the trial closest to the target."""
         index = min(range(len(self.scores)), key=self.scores.__getitem__)
-        return self.trials[index], self.options[index][1]
+        return self.trials[index], self.options[index]
 
-    def time_trials(self, numbers):
-        """{label: seconds samples} of FP32 ("fp32") and the kept builds of `numbers` (labels "trial-N")."""
-        paths = {"fp32": self.src, **{f"trial-{n}": self.paths[n] for n in numbers}}
-        return time_side_by_side(paths, self.feeds, self.session_options)
-
-    def drop(self, number):
-        self.paths.pop(number, None)
-        shutil.rmtree(os.path.join(self.scratch, f"trial-{number}"), ignore_errors=True)
+    def winner(self, opts):
+        """The last passing trial built with `opts`."""
+        return next(t for t, o in zip(reversed(self.trials), reversed(self.options)) if t["passed"] and o == opts)
 
 
-def _dynamic_sets(search, opts):
-    """per_channel, then the other weight type on the better per_channel setting (all screened)."""
+def _cheap_changes(search, opts):
+    """Trials 2-3: per_channel, then the other weight type on the better per_channel setting."""
     if not opts["per_channel"]:
-        search.trial("per_channel: true", dict(opts, per_channel=True), keep=True)
-    base = min((t for t in search.trials if t["kind"] == DYNAMIC), key=lambda t: search.scores[t["trial"] - 1])
-    base_opts = search.options[base["trial"] - 1][1]
-    other = "QUInt8" if base_opts["weight_type"] == "QInt8" else "QInt8"
-    candidate = dict(base_opts, weight_type=other)
-    search.trial(f"weight_type: {other}" + (", per_channel: true" if candidate["per_channel"] else ""),
-                 candidate, keep=True)
-
-
-def _op_type_sets(source_graph, opts):
-    """[(change, options)]: MatMul/Gemm only when the model has other weights dynamic INT8 rewrites
-    (Conv then stays in FP32), LSTM/GRU only when it has them."""
-    present = {op for w in find_weights(source_graph) for op, _, _ in w.readers}
-    requested = set(opts["op_types_to_quantize"] or DYNAMIC_DEFAULT_OPS)
-    out = []
-    if present & requested - set(MATMUL_OPS) and present & set(MATMUL_OPS):
-        out.append(("op types: MatMul/Gemm only", dict(opts, op_types_to_quantize=list(MATMUL_OPS))))
-    recurrent = sorted(present & set(RECURRENT_OPS))
-    if recurrent and present - set(recurrent):
-        out.append((f"op types: {'/'.join(recurrent)} only", dict(opts, op_types_to_quantize=recurrent)))
-    return out
-
-
-def fastest_dynamic_base(search):
-    """(options, note) of the fastest dynamic INT8 set screened (above the floor), timed side by side;
-    within the noise of each other, QInt8 first, then the one closest to the target."""
-    floor = search.budget["min_quantized_share"]
-    numbers = [t["trial"] for t in search.trials
-               if t["kind"] == DYNAMIC and t["excluded_count"] == 0 and t["quantized_share"] >= floor]
-    if len(numbers) == 1:
-        return search.options[numbers[0] - 1][1], None
-    samples = search.time_trials(numbers)
-    del samples["fp32"]
-    # Within the noise (small models): QInt8 first, its u8s8 kernels being the fast path, then fidelity.
-    prefer = {f"trial-{n}": (search.options[n - 1][1]["weight_type"] != "QInt8", search.scores[n - 1])
-              for n in numbers}
-    label, _, why = pick_fastest(samples, prefer)
-    number = int(label.split("-")[1])
-    for n in numbers:
-        if n != 1 and not search.trials[n - 1]["passed"]:
-            search.drop(n)  # only the requested build is timed again (the reference of the race)
-    return search.options[number - 1][1], {"trial": number, "why": why.replace("the smallest file", "QInt8 first, then the closest to the target"),
-                                           "timing": summarize(samples, label)}
+        trial = search.trial("per_channel: true", dict(opts, per_channel=True))
+        if trial["passed"]:
+            return dict(opts, per_channel=True)
+    _, best = search.best()
+    other = "QUInt8" if best["weight_type"] == "QInt8" else "QInt8"
+    candidate = dict(best, weight_type=other)
+    if search.trial(f"weight_type: {other}" + (", per_channel: true" if candidate["per_channel"] else ""),
+                    candidate)["passed"]:
+        return candidate
+    return None
 
 
 def _with_excluded(opts, ranking, count):
@@ -361,121 +232,61 @@ def _with_excluded(opts, ranking, count):
 def _exclusions(search, source_graph, base, ranking):
     """Keep the k most sensitive nodes in FP32: k doubled until it passes, then bisected down.
 
-    Returns the trial number of the passing build with the fewest exclusions found; raises _BudgetSpent
-    (naming the limit) when none passed within the budget and the floor."""
+    Returns the passing options with the fewest exclusions found; raises _BudgetSpent (naming the
+    limit) when none passed within the budget and the floor.
+    """
     floor = search.budget["min_quantized_share"]
     allowed = 0  # the largest k whose planned byte share stays at or above the floor
     for k in range(1, len(ranking) + 1):
-        if planned_weights(source_graph, DYNAMIC, _with_excluded(base, ranking, k))["byte_share"] < floor:
+        if planned_weights(source_graph, search.method, _with_excluded(base, ranking, k))["byte_share"] < floor:
             break
         allowed = k
     if allowed == 0:
         raise _BudgetSpent(f"min_quantized_share {floor:g}: excluding even the most sensitive node "
                            "would quantize less than that")
-
-    def attempt(k):
-        return search.trial(f"keep the {k} most sensitive MatMul(s) in FP32", _with_excluded(base, ranking, k),
-                            kind="mixed", excluded_count=k)
-
     failing, passing, k = 0, None, 1
     while passing is None:
-        trial = attempt(k)
-        if trial["passed"]:
-            passing = trial
+        change = f"keep the {k} most sensitive MatMul(s) in FP32"
+        if search.trial(change, _with_excluded(base, ranking, k), excluded_count=k)["passed"]:
+            passing = k
         elif k == allowed:
             raise _BudgetSpent(f"min_quantized_share {floor:g}: the {allowed} most sensitive node(s) are all "
                                "that can stay in FP32 above that share, and the target still fails")
         else:
             failing, k = k, min(2 * k, allowed)
-    while passing["excluded_count"] - failing > 1:
+    while passing - failing > 1:
+        middle = (failing + passing) // 2
         try:
-            trial = attempt((failing + passing["excluded_count"]) // 2)
+            trial = search.trial(f"keep the {middle} most sensitive MatMul(s) in FP32",
+                                 _with_excluded(base, ranking, middle), excluded_count=middle)
         except _BudgetSpent:
             break  # a passing set is in hand: the budget only stops the narrowing
         if trial["passed"]:
-            search.drop(passing["trial"])  # more nodes in FP32: slower, the fewer exclusions compete
-            passing = trial
+            passing = middle
         else:
-            failing = trial["excluded_count"]
-    return passing["trial"]
-
-
-def _screen(search, source_graph, opts, kinds):
-    """Screen the candidate kinds in order; returns (ranking, base note). Stops early (silently) when
-    the budget is spent and something passed; raises _BudgetSpent when nothing did."""
-    ranking, base_note = [], None
-    try:
-        if DYNAMIC in kinds:
-            _dynamic_sets(search, opts)
-        if "op_types" in kinds:
-            for change, candidate in _op_type_sets(source_graph, opts):
-                search.trial(change, candidate, kind="op_types", keep=True)
-        for kind in kinds:
-            if kind in NBITS_KINDS:
-                search.trial(f"block-wise {kind}", nbits_options(kind), method="matmul_nbits", kind=kind)
-        dynamic_passed = any(t["passed"] for t in search.trials if t["method"] == DYNAMIC)
-        if "mixed" in kinds and not dynamic_passed:
-            search.check_budget()  # ranking costs an FP32 pass and a pass over the weights: not worth it without a trial left
-            base, base_note = fastest_dynamic_base(search)
-            ranking = rank_matmuls(search.src, source_graph, search.feeds, base)
-            if not ranking:
-                raise _BudgetSpent("no MatMul left to keep in FP32 (no quantizable MatMul with a constant weight)")
-            _exclusions(search, source_graph, base, ranking)
-    except _BudgetSpent as spent:
-        if not any(t["passed"] for t in search.trials):
-            raise
-        base_note = dict(base_note or {}, stopped=str(spent))
-    if not any(t["passed"] for t in search.trials):
-        raise _BudgetSpent("no candidate kind met the target (kinds screened: " + ", ".join(kinds) + ")")
-    return ranking, base_note
-
-
-def _race(search, speedup_min):
-    """Time FP32, the requested build and every passing trial side by side; (winner trial, race record).
-    Raises _TooSlow when every passing trial is slower than speedup_min x FP32."""
-    # a passing mixed build superseded by one with fewer exclusions was dropped: it is not raced
-    passing = [t["trial"] for t in search.trials if t["passed"] and t["trial"] in search.paths]
-    samples = search.time_trials(sorted(set(passing) | {1}))
-    timing = summarize(samples, "fp32")
-    requested = timing["trial-1"]["p50_ms"]
-    for trial in search.trials:
-        measured = timing.get(f"trial-{trial['trial']}")
-        if measured:
-            trial.update(p50_ms=measured["p50_ms"], speedup=measured["speedup"],
-                         speedup_interval=measured["interval"],
-                         vs_requested=round(requested / measured["p50_ms"], 3))
-    faithful = {f"trial-{n}": samples[f"trial-{n}"] for n in passing}
-    label, tied, why = pick_fastest(faithful, {f"trial-{n}": search.trials[n - 1]["size_bytes"] for n in passing})
-    winner = search.trials[int(label.split("-")[1]) - 1]
-    record = {"session_options": search.session_options, "rounds": len(samples["fp32"]),
-              "fp32_p50_ms": timing["fp32"]["p50_ms"], "requested_p50_ms": requested,
-              "winner": winner["trial"], "tied": [int(t.split("-")[1]) for t in tied], "why": why,
-              "speedup_min": speedup_min}
-    if speedup_min is not None:
-        fastest = max((search.trials[n - 1] for n in passing), key=lambda t: t["speedup"])
-        if fastest["speedup"] < speedup_min:
-            raise _TooSlow(f"every candidate meeting the target is slower than speedup_min {speedup_min:g}: the "
-                           f"fastest, {_describe(fastest)}, ran {fastest['speedup']:g}x FP32 "
-                           f"(interval {fastest['speedup_interval']}, p50 {fastest['p50_ms']} ms vs FP32 "
-                           f"{timing['fp32']['p50_ms']} ms, timed side by side)", record)
-    return winner, record
+            failing = middle
+    return _with_excluded(base, ranking, passing)
 
 
 def _search(search, source_graph, opts):
-    """(winner trial, ranking, race record or None) in the order of the module doc."""
-    first = search.trial("requested options", opts, keep=True)
+    """(chosen options, ranking): the first options meeting the target, in the order of the module doc."""
+    first = search.trial("requested options", opts)
     if first["passed"]:
-        return first, [], None
+        return opts, []
     floor = search.budget["min_quantized_share"]
-    if first["quantized_share"] < floor and all(k == DYNAMIC or k == "mixed" for k in search.budget["candidates"]):
+    if first["quantized_share"] < floor:  # the other trials rewrite the same weights or fewer
         raise _BudgetSpent(f"min_quantized_share {floor:g}: the requested options quantize only "
                            f"{first['quantized_share']:.1%} of the weight bytes, and every other trial "
                            "quantizes the same weights or fewer")
-    ranking, base_note = _screen(search, source_graph, opts, search.budget["candidates"])
-    winner, race = _race(search, search.budget["speedup_min"])
-    if base_note:
-        race["mixed_base"] = base_note
-    return winner, ranking, race
+    chosen = _cheap_changes(search, opts)
+    if chosen:
+        return chosen, []
+    _, base = search.best()
+    search.check_budget()  # ranking costs one FP32 pass and a pass over the weights: not worth it without a trial left
+    ranking = rank_matmuls(search.src, source_graph, search.feeds, base)
+    if not ranking:
+        raise _BudgetSpent("no MatMul left to keep in FP32 (no quantizable MatMul with a constant weight)")
+    return _exclusions(search, source_graph, base, ranking), ranking
 
 
 # ---------------------------------------------------------------- the entry point
@@ -501,11 +312,9 @@ def _finish(result, method, extra):
 
 def quantize_to_target(src, dest, method, options, fidelity_target, search_budget=None, inputs=None,
                        input_shapes=None, input_values=None, model_name=None, tmp_dir=None, check_mode=False,
-                       state_map=None, session_options=None, **build_kwargs):
-    """quantize() with the method and options a search finds for `fidelity_target`. Returns the result
-    dict; failed=True (and nothing built) when no candidate meets the target within the budget or none
-    reaches the budget's speedup_min. state_map: judge a stream (validation_sequence); session_options:
-    what the race times with (RACE_SESSION_OPTIONS)."""
+                       state_map=None, **build_kwargs):
+    """quantize() with the options a search finds for `fidelity_target`. Returns the result dict;
+    failed=True (and nothing built) when the budget is spent without meeting the target."""
     if method not in SEARCHABLE:
         raise SaraiError(f"fidelity_target is supported with method {', '.join(SEARCHABLE)}, not {method}: "
                          "drop fidelity_target or use dynamic_int8")
@@ -532,9 +341,9 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     record = _recorded(dest, request, source_sha256)
     if record:  # built for this request before: reuse it, or rebuild those options if it was damaged
         extra = extra_of(record)
-        result = quantize(src, dest, record["method"], model_name=model_name, options=record["options"],
+        result = quantize(src, dest, method, model_name=model_name, options=record["options"],
                           check_mode=check_mode, extra_record=extra, **build_kwargs)
-        return _finish(result, record["method"], extra)
+        return _finish(result, method, extra)
     # Every check quantize() makes on src, dest and tmp_dir, before anything is written.
     planned = quantize(src, dest, method, model_name=model_name, options=opts, check_mode=True, **build_kwargs)
     if check_mode:
@@ -545,40 +354,33 @@ def quantize_to_target(src, dest, method, options, fidelity_target, search_budge
     os.makedirs(scratch_parent, exist_ok=True)
     scratch = tempfile.mkdtemp(dir=scratch_parent, prefix=f".{os.path.basename(dest)}.search-")
     try:
-        search = _Search(src, model_name, feeds, target, budget, scratch, build_kwargs,
-                         RACE_SESSION_OPTIONS if session_options is None else session_options, sequence)
+        search = _Search(src, method, model_name, feeds, target, budget, scratch, build_kwargs, sequence)
         try:
-            winner, ranking, race = _search(search, source_graph, opts)
-        except (_BudgetSpent, _TooSlow) as stop:
-            if isinstance(stop, _TooSlow):
-                reason, best, race = stop.args[0], "", stop.args[1]
-                hint = "Lower speedup_min, loosen the target, or allow other candidate kinds."
-            else:
-                reason, race = f"fidelity_target {target} not reached: {stop}", None
-                best = f" Best was {_describe(search.best()[0])}." if search.trials else " No trial ran."
-                hint = ("Try a larger search_budget (max_trials, max_seconds), a lower min_quantized_share, "
-                        "more candidate kinds, a looser target, or another method (fp16 keeps fidelity).")
+            chosen, ranking = _search(search, source_graph, opts)
+        except _BudgetSpent as spent:
+            best = f"Best was {_describe(search.best()[0])}" if search.trials else "No trial ran"
             return {"changed": False, "failed": True, "dest": dest, "method": method, "options": opts,
-                    "search": search.trials, "fidelity": {"request": request, "passed": False, "race": race},
-                    "msg": f"{reason}.{best} Nothing was built; dest is as it was. {hint}"}
+                    "search": search.trials, "fidelity": {"request": request, "passed": False},
+                    "msg": f"fidelity_target {target} not reached: {spent}. {best}. "
+                           "Nothing was built; dest is as it was. "
+                           "Try a larger search_budget (max_trials, max_seconds), a lower min_quantized_share, "
+                           "a looser target, or another method (fp16 keeps fidelity)."}
         search_s = search.elapsed()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    chosen_method, chosen = search.options[winner["trial"] - 1]
+    winner = search.winner(chosen)
     extra = {
         "fidelity": {"request": request, "passed": True, "trial": winner["trial"],
                      "reached": {k: winner[k] for k in ("cosine", "mse", "mae", "max_abs")},
                      "quantized_share": winner["quantized_share"], "search_s": round(search_s, 3),
-                     "ranking": ranking, "race": race},
+                     "ranking": ranking},
         "excluded_nodes": chosen["nodes_to_exclude"],
         "search": search.trials,
     }
-    result = quantize(src, dest, chosen_method, model_name=model_name, options=chosen, extra_record=extra,
-                      **build_kwargs)
-    result = _finish(result, chosen_method, extra)
-    speed = f", {winner['speedup']:g}x FP32 side by side ({race['why']})" if race else ""
-    result["msg"] = (f"built {chosen_method} release meeting fidelity_target {target} after {len(search.trials)} "
-                     f"trial(s) in {search_s:.0f} s: {_describe(winner)}{speed}; "
+    result = quantize(src, dest, method, model_name=model_name, options=chosen, extra_record=extra, **build_kwargs)
+    result = _finish(result, method, extra)
+    result["msg"] = (f"built {method} release meeting fidelity_target {target} after {len(search.trials)} "
+                     f"trial(s) in {search_s:.0f} s: {_describe(winner)}; "
                      f"{len(chosen['nodes_to_exclude'])} node(s) kept in FP32. Pin it with: {result['pin_yaml']}")
     return result

@@ -18,13 +18,6 @@ environment variables SARAI_STANDIN_DIE_AFTER_S / SARAI_STANDIN_DIE_IF_MODEL_CON
 drop-in sets them without touching the unit), exits N s after READY when the model path contains
 TEXT: the real service that dies while it loads a model too big for the server, after systemd
 already said `active` (and health, here, answered).
-GET /metrics answers in the Prometheus text format: the process's resident memory
-(process_resident_memory_bytes) and a histogram of the requests it served (sarai_request_duration_seconds).
-
-A test steers it with a control file (--control, default /var/lib/sarai/standin-control.json), read every
-0.5 s: {"grow_mb": 1500, "after_s": 2, "model_contains": "int8"} makes the service hold 1500 MiB more,
-2 s after it became ready, when its model path contains "int8"; {"exit": 3, ...} makes it exit with that
-code instead. Without the file (or for another model) it does nothing.
 """
 
 import argparse
@@ -191,89 +184,19 @@ def write_status(path, status):
     os.replace(tmp, path)
 
 
-LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0)
-
-
-class Latency:
-    """A request-latency histogram (cumulative buckets, sum, count), safe across handler threads."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.counts = [0] * len(LATENCY_BUCKETS)
-        self.total, self.count = 0.0, 0
-
-    def observe(self, seconds):
-        with self.lock:
-            for index, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    self.counts[index] += 1
-            self.total += seconds
-            self.count += 1
-
-    def text(self):
-        name = "sarai_request_duration_seconds"
-        with self.lock:
-            lines = [f"# HELP {name} Time the stand-in took to answer a request.", f"# TYPE {name} histogram"]
-            lines += [f'{name}_bucket{{le="{bound}"}} {n}' for bound, n in zip(LATENCY_BUCKETS, self.counts)]
-            lines += [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.count}"]
-        return "\n".join(lines) + "\n"
-
-
-def rss_bytes():
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def metrics_text(latency):
-    return ("# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
-            "# TYPE process_resident_memory_bytes gauge\n"
-            f"process_resident_memory_bytes {rss_bytes()}\n") + latency.text()
-
-
-def follow_control(path, model_path, ready_at, held):
-    """Apply the control file (see the module doc) until the process ends; `held` keeps the grown memory."""
-    while True:
-        try:
-            with open(path) as fh:
-                control = json.load(fh)
-        except (OSError, ValueError):
-            control = None
-        if isinstance(control, dict) and str(control.get("model_contains", "")) in model_path \
-                and time.monotonic() - ready_at >= float(control.get("after_s", 0)):
-            if "exit" in control:
-                log(f"control file {path}: exiting with {control['exit']}")
-                os._exit(int(control["exit"]))
-            want = int(control.get("grow_mb", 0)) - len(held)
-            if want > 0:
-                log(f"control file {path}: holding {want} MiB more")
-                held.extend(b"\x01" * (1024 * 1024) for _ in range(want))  # written: resident, not just reserved
-        time.sleep(0.5)
-
-
 def make_server(port, status):
     body = (json.dumps(status, sort_keys=True) + "\n").encode()
-    latency = Latency()
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server API)
-            started = time.perf_counter()
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                answer, kind = metrics_text(latency).encode(), "text/plain; version=0.0.4"
-            elif path in ("/health", "/status"):
-                answer, kind = body, "application/json"
-            else:
+            if self.path.split("?")[0] not in ("/health", "/status"):
                 self.send_error(404)
                 return
             self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(answer)))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(answer)
-            latency.observe(time.perf_counter() - started)
+            self.wfile.write(body)
 
         def log_message(self, fmt, *args):
             pass
@@ -303,7 +226,6 @@ def main(argv=None):
                     help="test fault: exit this many seconds after READY (0: never)")
     ap.add_argument("--die-if-model-contains", default=os.environ.get("SARAI_STANDIN_DIE_IF_MODEL_CONTAINS", ""),
                     help="test fault: only when the model path contains this text")
-    ap.add_argument("--control", default="/var/lib/sarai/standin-control.json", help="control file a test writes")
     args = ap.parse_args(argv)
 
     omni = read_config(args.config)
@@ -324,8 +246,6 @@ def main(argv=None):
     log(f"ready: {status['model_path']} sha256={status['sha256'][:12]} load_s={status['load_s']} "
         f"first_inference_s={status['first_inference_s']} health=127.0.0.1:{args.port}")
     die_later(args.die_after_s, status["model_path"], args.die_if_model_contains)
-    threading.Thread(target=follow_control, args=(args.control, status["model_path"], time.monotonic(), []),
-                     daemon=True).start()
     server.serve_forever(poll_interval=0.5)
     server.server_close()
     return 0

@@ -225,7 +225,6 @@ def test_fidelity_search_applies_the_floor_to_the_first_trial(talker_outliers, t
     """Quantizing nothing meets any fidelity target: the first trial must not pass below the floor."""
     r = quantize_to_target(talker_outliers, str(tmp_path / "int8"), "dynamic_int8",
                            {"op_types_to_quantize": ["Conv"]}, {"cosine_min": 0.98},
-                           search_budget={"candidates": ["dynamic_int8", "mixed"]},  # kinds that keep those op types
                            input_shapes=OUTLIER_SHAPES)
     assert r["failed"] and not r["changed"] and len(r["search"]) == 1
     (trial,) = r["search"]
